@@ -1,0 +1,137 @@
+"""Granularities by their OANDA names and the alignment of bar open times.
+
+Sub-daily bars are aligned to UTC (an H4 bar opens at 00, 04, 08... UTC). Daily bars open at the
+New York close, 17:00 America/New_York, which is 21:00 or 22:00 UTC with daylight saving, as OANDA's
+default `dailyAlignment` does; weekly bars open on the daily boundary of `weekly_alignment` (Friday,
+OANDA's default) and monthly bars on the first daily boundary of the month. Both are settings of
+:class:`Alignment`. A bar is stamped with its open time, in int64 nanoseconds since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import msgspec
+import numpy as np
+
+from osm.core.errors import UnknownNameError
+
+NS = 1_000_000_000
+_FIXED_SECONDS = {
+    "S5": 5, "S10": 10, "S15": 15, "S30": 30,
+    "M1": 60, "M2": 120, "M4": 240, "M5": 300, "M10": 600, "M15": 900, "M30": 1800,
+    "H1": 3600, "H2": 7200, "H3": 10800, "H4": 14400, "H6": 21600, "H8": 28800, "H12": 43200,
+}  # fmt: skip
+GRANULARITIES: tuple[str, ...] = (*_FIXED_SECONDS, "D", "W", "M")
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+class Alignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where daily, weekly and monthly bars open (OANDA's defaults)."""
+
+    daily_hour: int = 17
+    timezone: str = "America/New_York"
+    weekly_alignment: str = "Friday"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.daily_hour <= 23:
+            raise ValueError(f"daily_hour must be 0..23, got {self.daily_hour}")
+        if self.weekly_alignment not in _WEEKDAYS:
+            raise UnknownNameError("weekly_alignment", self.weekly_alignment, _WEEKDAYS)
+        ZoneInfo(self.timezone)
+
+
+OANDA_ALIGNMENT = Alignment()
+
+
+def check_granularity(name: str) -> str:
+    """Return `name` if it is an OANDA granularity, else raise with the closest one."""
+    if name not in GRANULARITIES:
+        raise UnknownNameError("granularity", name, GRANULARITIES)
+    return name
+
+
+def step_ns(granularity: str) -> int | None:
+    """Fixed length of a bar in ns, or None for D, W and M (their length varies with DST)."""
+    seconds = _FIXED_SECONDS.get(check_granularity(granularity))
+    return None if seconds is None else seconds * NS
+
+
+def is_finer(a: str, b: str) -> bool:
+    """True if bars of `a` nest exactly inside bars of `b` (M1 in H1, H1 in D)."""
+    sa, sb = step_ns(a), step_ns(b)
+    if sa is None:
+        return GRANULARITIES.index(a) < GRANULARITIES.index(b)
+    if sb is None:
+        return 86400 * NS % sa == 0
+    return sb % sa == 0 and sb > sa
+
+
+def _to_datetime(t_ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t_ns // NS, tz=dt.UTC)
+
+
+def _to_ns(moment: dt.datetime) -> int:
+    return int(moment.timestamp()) * NS
+
+
+@lru_cache(maxsize=4096)
+def _daily_open_ns(t_s: int, alignment: Alignment) -> int:
+    zone = ZoneInfo(alignment.timezone)
+    local = dt.datetime.fromtimestamp(t_s, tz=dt.UTC).astimezone(zone)
+    day = (local - dt.timedelta(hours=alignment.daily_hour)).date()
+    opening = dt.datetime(day.year, day.month, day.day, alignment.daily_hour, tzinfo=zone)
+    return _to_ns(opening)
+
+
+def bar_open(t_ns: int, granularity: str, alignment: Alignment = OANDA_ALIGNMENT) -> int:
+    """Open time (ns UTC) of the bar of `granularity` that holds the instant `t_ns`."""
+    step = step_ns(granularity)
+    if step is not None:
+        return t_ns - t_ns % step
+    # Hour-resolution cache key: daily boundaries always fall on whole hours.
+    day_open = _daily_open_ns(t_ns // NS // 3600 * 3600, alignment)
+    if granularity == "D":
+        return day_open
+    zone = ZoneInfo(alignment.timezone)
+    opening = _to_datetime(day_open).astimezone(zone)
+    # The trading day that opens at 17:00 local belongs to the next calendar date.
+    trading_date = (opening + dt.timedelta(days=1)).date()
+    if granularity == "W":
+        back = (trading_date.weekday() - (_WEEKDAYS.index(alignment.weekly_alignment) + 1)) % 7
+        first = trading_date - dt.timedelta(days=back)
+    else:
+        first = trading_date.replace(day=1)
+    start = dt.datetime(first.year, first.month, first.day, alignment.daily_hour, tzinfo=zone)
+    return _to_ns(start - dt.timedelta(days=1))
+
+
+def next_open(open_ns: int, granularity: str, alignment: Alignment = OANDA_ALIGNMENT) -> int:
+    """Open time of the bar after the one that opens at `open_ns`."""
+    step = step_ns(granularity)
+    if step is not None:
+        return open_ns + step
+    guess = {"D": 26, "W": 24 * 7 + 2, "M": 24 * 31 + 2}[granularity] * 3600 * NS
+    after = bar_open(open_ns + guess, granularity, alignment)
+    while after <= open_ns:  # never loops more than once; guards DST edge cases
+        guess += 24 * 3600 * NS
+        after = bar_open(open_ns + guess, granularity, alignment)
+    return after
+
+
+def bar_opens(
+    times_ns: np.ndarray, granularity: str, alignment: Alignment = OANDA_ALIGNMENT
+) -> np.ndarray:
+    """Vectorised :func:`bar_open` over an int64 array of instants."""
+    times_ns = np.asarray(times_ns, dtype=np.int64)
+    step = step_ns(granularity)
+    if step is not None:
+        return times_ns - times_ns % step
+    hours = times_ns // (3600 * NS)
+    unique_hours, index = np.unique(hours, return_inverse=True)
+    opens = np.array(
+        [bar_open(int(h) * 3600 * NS, granularity, alignment) for h in unique_hours], dtype=np.int64
+    )
+    return opens[index]

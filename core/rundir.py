@@ -1,0 +1,106 @@
+"""The run directory ($OSM_HOME, default ~/.osm): how every process, magic and CLI finds the system.
+
+Layout::
+
+    config.json       the SystemConfig the supervisor runs
+    endpoints.json    socket addresses of the running system (written by the supervisor)
+    supervisor.pid    the daemon's pid
+    logs/             one log per process
+    store/bars/       the Parquet bar store and its journals
+    db/               SQLite journals (orders, fills, jobs)
+    keys/             CURVE keys and broker credentials, mode 0600
+    jobs/             papermill outputs of live jobs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("OSM_HOME", "~/.osm")).expanduser()
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` so a reader sees either the old or the new file, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Paths of one osm system's run directory; creates folders on first use."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        self.home = Path(home).expanduser().resolve() if home else default_home().resolve()
+
+    def _dir(self, *parts: str, mode: int = 0o755) -> Path:
+        path = self.home.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        return path
+
+    @property
+    def logs(self) -> Path:
+        return self._dir("logs")
+
+    @property
+    def bar_store(self) -> Path:
+        return self._dir("store", "bars")
+
+    @property
+    def db(self) -> Path:
+        return self._dir("db")
+
+    @property
+    def keys(self) -> Path:
+        path = self._dir("keys", mode=0o700)
+        path.chmod(0o700)
+        return path
+
+    @property
+    def jobs(self) -> Path:
+        return self._dir("jobs")
+
+    @property
+    def sockets(self) -> Path:
+        return self._dir("sockets", mode=0o700)
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "config.json"
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.home / "endpoints.json"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.home / "supervisor.pid"
+
+    def log_path(self, process: str) -> Path:
+        return self.logs / f"{process}.log"
+
+    def write_endpoints(self, endpoints: dict[str, Any]) -> None:
+        self._dir()
+        write_atomic(self.endpoints_path, json.dumps(endpoints, indent=1).encode())
+
+    def read_endpoints(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.endpoints_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_secret(self, name: str, data: bytes) -> Path:
+        """Write a secret file readable by its owner only (0600)."""
+        path = self.keys / name
+        write_atomic(path, data, mode=0o600)
+        return path

@@ -1,0 +1,175 @@
+"""The wire codec: multipart frames of [topic, payload], payload a typed, versioned msgpack struct.
+
+Every message type carries its version in its tag (`"ticks.v1"`), so a peer on another version is
+refused with a clear error instead of misread. Arrays travel as raw little-endian buffers of the
+core dtypes with their row count as header. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from osm.core.dtypes import BAR_DTYPE, TICK_DTYPE
+from osm.core.errors import WireError
+
+
+class Message(msgspec.Struct, tag_field="type", frozen=True):
+    """Base of every message on the bus."""
+
+
+class Ticks(Message, tag="ticks.v1"):
+    """A batch of quotes; `feed` and `seq` let the router acknowledge and drop resent batches."""
+
+    instrument: str
+    count: int
+    data: bytes  # TICK_DTYPE rows
+    feed: str = ""
+    seq: int = 0
+
+    @classmethod
+    def of(cls, instrument: str, ticks: np.ndarray, feed: str = "", seq: int = 0) -> Ticks:
+        rows = np.ascontiguousarray(ticks, dtype=TICK_DTYPE)
+        return cls(instrument, len(rows), rows.tobytes(), feed, seq)
+
+    def array(self) -> np.ndarray:
+        return _array(self.data, self.count, TICK_DTYPE)
+
+
+class Bars(Message, tag="bars.v1"):
+    instrument: str
+    granularity: str
+    count: int
+    data: bytes  # BAR_DTYPE rows
+
+    @classmethod
+    def of(cls, instrument: str, granularity: str, bars: np.ndarray) -> Bars:
+        rows = np.ascontiguousarray(bars, dtype=BAR_DTYPE)
+        return cls(instrument, granularity, len(rows), rows.tobytes())
+
+    def array(self) -> np.ndarray:
+        return _array(self.data, self.count, BAR_DTYPE)
+
+
+class Heartbeat(Message, tag="heartbeat.v1"):
+    process: str
+    pid: int
+    time_ns: int
+    started_ns: int
+    counters: dict[str, int] = {}
+
+
+class Ack(Message, tag="ack.v1"):
+    """The router has processed (and journaled) every batch of `feed` up to `seq`."""
+
+    feed: str
+    seq: int
+
+
+class HistoryRequest(Message, tag="history.v1"):
+    instrument: str
+    granularity: str
+    count: int
+    end_ns: int | None = None  # bars opening before this instant; None: up to the last closed
+
+
+class Target(Message, tag="target.v1"):
+    """A brain's wanted position; the trader sends the difference from the current one."""
+
+    brain: str
+    instrument: str
+    units: int
+    client_id: str
+    after_ns: int = 0  # execute at the first quote at or after this instant (the bar's close)
+
+
+class Order(Message, tag="order.v1"):
+    """A market order for a signed number of units (positive buys)."""
+
+    brain: str
+    instrument: str
+    units: int
+    client_id: str
+    after_ns: int = 0
+
+
+class OrderReply(Message, tag="order_reply.v1"):
+    client_id: str
+    accepted: bool
+    reason: str = ""
+    units: int = 0
+
+
+class Fill(Message, tag="fill.v1"):
+    client_id: str
+    brain: str
+    instrument: str
+    units: int
+    price: float
+    time_ns: int
+    commission: float = 0.0
+
+
+class Position(Message, tag="position.v1"):
+    instrument: str
+    units: int
+    average_price: float
+    realized: float
+    unrealized: float
+    time_ns: int = 0
+
+
+class Command(Message, tag="command.v1"):
+    """A request to a process's control socket: status, halt, flatten, orders, stop..."""
+
+    name: str
+    args: dict[str, Any] = {}
+
+
+class Reply(Message, tag="reply.v1"):
+    ok: bool
+    data: Any = None
+    error: str = ""
+
+
+AnyMessage = (
+    Ticks | Bars | Ack | Heartbeat | HistoryRequest | Target | Order | OrderReply | Fill | Position
+    | Command | Reply
+)  # fmt: skip
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def _array(data: bytes, count: int, dtype: np.dtype) -> np.ndarray:
+    if count < 0 or len(data) != count * dtype.itemsize:
+        raise WireError(f"array payload of {len(data)} bytes does not hold {count} rows")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(payload: bytes | memoryview) -> AnyMessage:
+    """Decode one payload; raise WireError for anything malformed or of an unknown version."""
+    try:
+        return _decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise WireError(f"undecodable message: {exc}") from None
+
+
+def frames(topic: str, message: Message) -> list[bytes]:
+    return [topic.encode(), encode(message)]
+
+
+def parse(parts: list[bytes] | list[Any]) -> tuple[str, AnyMessage]:
+    """Split [topic, payload] frames; raise WireError for any other shape."""
+    if len(parts) != 2:
+        raise WireError(f"expected 2 frames (topic, payload), got {len(parts)}")
+    try:
+        topic = bytes(parts[0]).decode()
+    except UnicodeDecodeError:
+        raise WireError("topic frame is not UTF-8") from None
+    return topic, decode(parts[1])

@@ -1,0 +1,1 @@
+"""Broker adapters, one folder each, registered by name."""

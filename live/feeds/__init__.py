@@ -1,0 +1,1 @@
+"""Tick sources for the feeder: synthetic market and replay of files."""
