@@ -9,6 +9,7 @@ and logs it (rate-limited), and the process carries on. SIGTERM and SIGINT stop 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -86,10 +87,9 @@ class Service:
         beat = wire.Heartbeat(
             self.name, os.getpid(), now_ns(), self.started_ns, dict(self.counters)
         )
-        try:
+        # Supervisor away: heartbeats are advisory, never block the process on them.
+        with contextlib.suppress(zmq.Again):
             self._telemetry.send_multipart(wire.frames(f"heartbeat.{self.name}", beat), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # supervisor away: heartbeats are advisory, never block the process on them
 
     def stop(self, *_: object) -> None:
         self._running = False
