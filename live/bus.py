@@ -28,6 +28,7 @@ ENDPOINT_NAMES = (
     "trader_orders",  # ROUTER at the trader: orders, targets, commands
     "trader_events",  # PUB at the trader: fill.*, position.*, order.*
 )
+ANY_HOST = "0.0.0.0"  # bind on every interface
 SERVER_KEY = "server"
 CLIENT_KEY = "client"
 
@@ -58,10 +59,17 @@ def plan_endpoints(rundir: RunDir, config: SystemConfig) -> dict[str, Any]:
             f"create them with `osm keys --home {rundir.home}` and copy keys/ to every client"
         )
     if config.transport == "ipc":
-        addresses = {n: f"ipc://{rundir.sockets / n}" for n in ENDPOINT_NAMES}
-    else:
-        addresses = {n: f"tcp://{config.host}:{_free_port(config.host)}" for n in ENDPOINT_NAMES}
-    return {"curve": curve, **addresses}
+        return {"curve": curve, **{n: f"ipc://{rundir.sockets / n}" for n in ENDPOINT_NAMES}}
+    ports = {n: _free_port(config.host) for n in ENDPOINT_NAMES}
+    if config.host != ANY_HOST:
+        return {"curve": curve, **{n: f"tcp://{config.host}:{p}" for n, p in ports.items()}}
+    # A wildcard is a place to bind, not an address to reach: local peers connect through loopback;
+    # a peer on another host uses this file with 127.0.0.1 replaced by this host's address.
+    return {
+        "curve": curve,
+        **{n: f"tcp://127.0.0.1:{p}" for n, p in ports.items()},
+        "bind": {n: f"tcp://{config.host}:{p}" for n, p in ports.items()},
+    }
 
 
 def generate_curve_keys(rundir: RunDir) -> tuple[Path, Path]:
@@ -81,6 +89,20 @@ def generate_curve_keys(rundir: RunDir) -> tuple[Path, Path]:
 def curve_keys_exist(rundir: RunDir) -> bool:
     keys = rundir.home / "keys"
     return all((keys / f"{n}.key_secret").exists() for n in (SERVER_KEY, CLIENT_KEY))
+
+
+def make_curve_client(sock: zmq.Socket, keys: Path) -> None:
+    """Make `sock` a CURVE client with the keys in `keys` (the server's public key, our pair)."""
+    try:
+        server_public, _ = zmq.auth.load_certificate(keys / f"{SERVER_KEY}.key")
+        public, secret = zmq.auth.load_certificate(keys / f"{CLIENT_KEY}.key_secret")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"this system requires CURVE keys and {keys} lacks them ({exc}); copy keys/ "
+            "from the system's run directory (made by `osm keys`)"
+        ) from None
+    sock.curve_serverkey = server_public
+    sock.curve_publickey, sock.curve_secretkey = public, secret
 
 
 class Bus:
@@ -108,7 +130,7 @@ class Bus:
             )
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.curve_server = True
-        address = self.endpoints[name]
+        address = self.endpoints.get("bind", {}).get(name, self.endpoints[name])
         if address.startswith("ipc://"):
             Path(address[6:]).unlink(missing_ok=True)
         sock.bind(address)
@@ -117,11 +139,7 @@ class Bus:
     def connect(self, kind: int, name: str, key_dir: Path | None = None) -> zmq.Socket:
         sock = self._socket(kind)
         if self.curve:
-            keys = key_dir or self.rundir.keys
-            server_public, _ = zmq.auth.load_certificate(keys / f"{SERVER_KEY}.key")
-            public, secret = zmq.auth.load_certificate(keys / f"{CLIENT_KEY}.key_secret")
-            sock.curve_serverkey = server_public
-            sock.curve_publickey, sock.curve_secretkey = public, secret
+            make_curve_client(sock, key_dir or self.rundir.keys)
         sock.connect(self.endpoints[name])
         return sock
 

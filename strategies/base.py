@@ -175,15 +175,17 @@ class IndicatorCache:
     def __call__(self, fn: Callable, *args: Any) -> Any:
         key = self._key(fn, args)
         try:
-            value = self._values.pop(key)
+            entry = self._values.pop(key)
             self.hits += 1
         except KeyError:
             self.misses += 1
-            value = fn(*args)
+            # The arguments stay referenced with the value: an array freed while its id is a key
+            # could otherwise hand its id to a new array and turn a miss into a stale hit.
+            entry = (fn(*args), args)
             if len(self._values) >= self.max_items:
                 self._values.pop(next(iter(self._values)))
-        self._values[key] = value
-        return value
+        self._values[key] = entry
+        return entry[0]
 
 
 class Strategy:
@@ -218,6 +220,14 @@ class Strategy:
 
     def check(self) -> None:
         """Raise ValueError if the parameter values do not go together (e.g. fast >= slow)."""
+
+    @property
+    def warmup(self) -> int | None:
+        """Bars a window needs for its last target to equal the full run's; None if unknown.
+
+        Built-ins declare it; for a user strategy, `osm.research.lookahead` measures it.
+        """
+        return None
 
     def target(self, bars: Bars, ind: IndicatorCache) -> np.ndarray:
         """Return one target per bar in [-1, 1] (NaN: no opinion yet, held flat)."""

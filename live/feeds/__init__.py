@@ -1,1 +1,70 @@
-"""Tick sources for the feeder: synthetic market and replay of files."""
+"""Tick sources for the feeder: a registry of names to source classes.
+
+A source is a deterministic stream of ticks: built from the same :class:`FeedConfig`, position and
+state it yields the same ticks, which is what lets a restarted feeder resume exactly where its last
+acknowledged batch ended. Its contract:
+
+``cls(config, position, state)``
+    Start the stream after `position` ticks; `state` is what :meth:`state` returned in an earlier
+    run of the same feed ({} on the first run).
+``read(limit) -> (instrument, TICK_DTYPE rows) | None``
+    The next at most `limit` ticks, all of one instrument and in time order; None at the end.
+``state() -> dict``
+    JSON-serialisable values the feeder persists to rebuild the same stream after a restart.
+
+Built-ins are registered by import path (no import at registration); third parties register a class
+with :func:`register_source` or through the ``osm.sources`` entry point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+import numpy as np
+
+from osm.core.config import FeedConfig
+from osm.core.errors import UnknownNameError
+
+
+class Source(Protocol):
+    def __init__(self, config: FeedConfig, position: int, state: dict[str, Any]) -> None: ...
+
+    def read(self, limit: int) -> tuple[str, np.ndarray] | None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+
+_SOURCES: dict[str, str | type[Source]] = {
+    "synthetic": "osm.live.feeds.synthetic:SyntheticSource",
+    "replay": "osm.live.feeds.replay:ReplaySource",
+}
+
+
+def register_source(name: str, target: str | type[Source]) -> None:
+    """Make `name` (a FeedConfig.kind) resolve to a class or a ``"module:Class"`` path."""
+    _SOURCES[name] = target
+
+
+def source_class(name: str) -> type[Source]:
+    """The source class registered as `name`, from built-ins or the ``osm.sources`` entry points."""
+    target = _SOURCES.get(name)
+    if target is None:
+        for point in entry_points(group="osm.sources"):
+            if point.name == name:
+                target = _SOURCES[name] = point.load()
+                break
+    if target is None:
+        raise UnknownNameError("source", name, _SOURCES)
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = _SOURCES[name] = getattr(importlib.import_module(module), attr)
+    return target
+
+
+def open_source(
+    config: FeedConfig, position: int = 0, state: dict[str, Any] | None = None
+) -> Source:
+    """Build the source of `config` positioned after `position` ticks."""
+    return source_class(config.kind)(config, position, state or {})

@@ -1,0 +1,97 @@
+"""What the trader expects of a broker adapter, and the netting arithmetic every broker shares.
+
+Orders and fills cross this boundary as :class:`osm.core.wire.Order` and :class:`osm.core.wire.Fill`,
+so the trader journals and publishes exactly what the broker reports. An adapter may fill an order
+at once, later (on a quote, on a transaction stream), or report it unknown after a restart; the
+trader only ever learns of fills by draining :meth:`Broker.take_fills`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from osm.core import wire
+
+
+@dataclass
+class Book:
+    """The net position of one instrument, accounted as OANDA does (average price, FIFO-free).
+
+    Adding to a position moves the average price; reducing it realises
+    ``closed units * (price - average) * side`` and keeps the average; crossing zero opens the
+    remainder at the fill price. Prices, PnL and commission are in the instrument's quote currency.
+    """
+
+    units: int = 0
+    average_price: float = 0.0
+    realized: float = 0.0
+    commission: float = 0.0
+
+    def apply(self, units: int, price: float, commission: float = 0.0) -> float:
+        """Book a fill of signed `units` at `price`; return the PnL it realised."""
+        self.commission += commission
+        if units == 0:
+            return 0.0
+        if self.units == 0 or (self.units > 0) == (units > 0):
+            total = abs(self.units) + abs(units)
+            self.average_price = (self.average_price * abs(self.units) + price * abs(units)) / total
+            self.units += units
+            return 0.0
+        closed = min(abs(units), abs(self.units))
+        side = 1 if self.units > 0 else -1
+        pnl = closed * (price - self.average_price) * side
+        self.realized += pnl
+        self.units += units
+        if self.units == 0:
+            self.average_price = 0.0
+        elif (self.units > 0) != (side > 0):  # crossed zero: the rest opens at this price
+            self.average_price = price
+        return pnl
+
+    def unrealized(self, bid: float, ask: float) -> float:
+        """PnL of closing now: a long sells at the bid, a short buys at the ask."""
+        if self.units == 0 or not (math.isfinite(bid) and math.isfinite(ask)):
+            return 0.0
+        close = bid if self.units > 0 else ask
+        return self.units * (close - self.average_price)
+
+    def position(self, instrument: str, bid: float, ask: float, time_ns: int) -> wire.Position:
+        return wire.Position(
+            instrument, self.units, self.average_price, self.realized,
+            self.unrealized(bid, ask), time_ns,
+        )  # fmt: skip
+
+
+class Broker(Protocol):
+    """A broker adapter as the trader drives it (one thread: the trader's loop)."""
+
+    def submit(self, order: wire.Order) -> None:
+        """Send a market order; its fill comes back through :meth:`take_fills`."""
+
+    def on_quotes(self, instrument: str, ticks: np.ndarray) -> int:
+        """Take quotes from the router (TICK_DTYPE rows); return how many were rejected as bad."""
+
+    def take_fills(self) -> list[wire.Fill]:
+        """Fills that happened since the last call, in the order they happened."""
+
+    def restore(
+        self, books: dict[str, Book], balance: float, open_orders: list[wire.Order]
+    ) -> list[str]:
+        """Adopt the state journaled before a restart; return client ids of open orders the
+        broker neither holds nor filled, which the trader marks lost."""
+
+    def positions(self) -> list[wire.Position]:
+        """Every instrument held or traded, with unrealised PnL at the last quote."""
+
+    def account(self) -> dict[str, Any]:
+        """Balance, unrealised PnL, equity, margin: JSON-able numbers."""
+
+    def pending(self) -> list[wire.Order]:
+        """Orders sent and not yet filled."""
+
+    def close(self) -> None:
+        """Release connections; the broker is not used again."""

@@ -1,0 +1,206 @@
+"""Paper execution: orders fill at the first quote at or after their `after_ns`, as in a backtest.
+
+A target decided at the close of bar t carries ``after_ns`` = that close; the backtest fills it at
+the open of bar t+1, which is the first quote at or after the close. The paper broker keeps recent
+quotes per instrument, so an order that reaches it after its quote (a slow brain, ticks replayed
+as fast as possible) still fills at that quote; an order whose quote has not arrived yet waits for
+it. Buys pay the ask, sells get the bid, commission is a fraction of notional. ``after_ns <= 0``
+means now: the last quote held.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from osm.core import wire
+from osm.core.config import TraderConfig
+from osm.live.adapters.base import Book
+from osm.live.adapters.paper.config import PaperConfig
+
+_NEVER = np.iinfo(np.int64).min
+
+
+class QuoteRing:
+    """The last `capacity` valid quotes of one instrument, oldest first, in contiguous arrays.
+
+    The buffers hold twice `capacity`; when they fill, the newest quotes move to the front (one
+    O(capacity) copy every `capacity` appends), so lookups are a `searchsorted` over one view.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._time = np.empty(2 * capacity, dtype=np.int64)
+        self._bid = np.empty(2 * capacity, dtype=np.float64)
+        self._ask = np.empty(2 * capacity, dtype=np.float64)
+        self._start = self._end = 0
+        self.last_time = _NEVER  # newest accepted quote; older ones are refused
+        self.dropped_until = _NEVER  # newest quote rolled out of the window
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def append(self, ticks: np.ndarray) -> int:
+        """Keep the valid quotes of TICK_DTYPE `ticks`; return how many were refused.
+
+        Refused: a non-finite or non-positive price, ask < bid, or a time before the last accepted.
+        """
+        t, b, a = ticks["time"], ticks["bid"], ticks["ask"]
+        ok = np.isfinite(b) & np.isfinite(a) & (b > 0) & (a >= b)
+        t, b, a = t[ok], b[ok], a[ok]
+        # A quote is in order if no earlier accepted quote is later; refused quotes never raise the
+        # running maximum (they are below it), so one cumulative maximum decides them all.
+        before = np.maximum.accumulate(np.concatenate(([self.last_time], t)))[:-1]
+        keep = t >= before
+        t, b, a = t[keep], b[keep], a[keep]
+        refused = len(ticks) - len(t)
+        if len(t) == 0:
+            return refused
+        if len(t) > self.capacity:
+            self.dropped_until = int(t[-self.capacity - 1])
+            t, b, a = t[-self.capacity :], b[-self.capacity :], a[-self.capacity :]
+        n = len(t)
+        if self._end + n > len(self._time):
+            held = min(len(self), self.capacity - n)
+            if len(self) > held:
+                self.dropped_until = max(self.dropped_until, int(self._time[self._end - held - 1]))
+            for buf in (self._time, self._bid, self._ask):
+                buf[:held] = buf[self._end - held : self._end]
+            self._start, self._end = 0, held
+        for buf, values in ((self._time, t), (self._bid, b), (self._ask, a)):
+            buf[self._end : self._end + n] = values
+        self._end += n
+        if len(self) > self.capacity:
+            self._start = self._end - self.capacity
+            self.dropped_until = max(self.dropped_until, int(self._time[self._start - 1]))
+        self.last_time = int(t[-1])
+        return refused
+
+    @property
+    def times(self) -> np.ndarray:
+        return self._time[self._start : self._end]
+
+    def index_for(self, after_ns: int) -> int | None:
+        """Index of the quote an order with this `after_ns` fills at, or None if not arrived yet."""
+        if len(self) == 0:
+            return None
+        if after_ns <= 0:
+            return len(self) - 1
+        i = int(np.searchsorted(self.times, after_ns, side="left"))
+        return i if i < len(self) else None
+
+    def quote(self, i: int) -> tuple[int, float, float]:
+        j = self._start + i
+        return int(self._time[j]), float(self._bid[j]), float(self._ask[j])
+
+    def latest(self) -> tuple[int, float, float] | None:
+        return self.quote(len(self) - 1) if len(self) else None
+
+
+class PaperBroker:
+    """A simulated broker: fills per DESIGN section 3, netting positions, balance and margin."""
+
+    def __init__(self, config: PaperConfig) -> None:
+        self.config = config
+        self._rings: dict[str, QuoteRing] = {}
+        self._books: dict[str, Book] = {}
+        self._pending: list[wire.Order] = []  # in submission order, which is fill order
+        self._fills: list[wire.Fill] = []
+        self._balance = config.balance
+        self.late_fills = 0  # fills whose exact quote had rolled out of the ring
+
+    @classmethod
+    def from_trader(cls, config: TraderConfig) -> PaperBroker:
+        return cls(PaperConfig.from_trader(config))
+
+    def submit(self, order: wire.Order) -> None:
+        self._pending.append(order)
+        self._match(order.instrument)
+
+    def on_quotes(self, instrument: str, ticks: np.ndarray) -> int:
+        ring = self._rings.get(instrument)
+        if ring is None:
+            ring = self._rings[instrument] = QuoteRing(self.config.quotes)
+        refused = ring.append(ticks)
+        self._match(instrument)
+        return refused
+
+    def take_fills(self) -> list[wire.Fill]:
+        fills, self._fills = self._fills, []
+        return fills
+
+    def restore(
+        self, books: dict[str, Book], balance: float, open_orders: list[wire.Order]
+    ) -> list[str]:
+        # The paper broker's book lives in the trader's journal: the open orders are still its own
+        # and fill at the first quote at or after their after_ns that reaches the new process.
+        self._books = copy.deepcopy(books)
+        self._balance = balance
+        self._pending = list(open_orders)
+        return []
+
+    def pending(self) -> list[wire.Order]:
+        return list(self._pending)
+
+    def positions(self) -> list[wire.Position]:
+        out = []
+        for instrument, book in sorted(self._books.items()):
+            time_ns, bid, ask = self._last(instrument)
+            out.append(book.position(instrument, bid, ask, time_ns))
+        return out
+
+    def account(self) -> dict[str, Any]:
+        unrealized = margin = 0.0
+        for instrument, book in self._books.items():
+            _, bid, ask = self._last(instrument)
+            unrealized += book.unrealized(bid, ask)
+            if book.units and np.isfinite(bid):
+                margin += abs(book.units) * (bid + ask) * 0.5 * self.config.margin_rate
+        equity = self._balance + unrealized
+        return {
+            "balance": self._balance,
+            "unrealized": unrealized,
+            "equity": equity,
+            "realized": sum(b.realized for b in self._books.values()),
+            "commission": sum(b.commission for b in self._books.values()),
+            "margin_used": margin,
+            "margin_available": equity - margin,
+            "open_orders": len(self._pending),
+            "late_fills": self.late_fills,
+        }
+
+    def close(self) -> None:
+        self._pending.clear()
+
+    def _last(self, instrument: str) -> tuple[int, float, float]:
+        ring = self._rings.get(instrument)
+        latest = ring.latest() if ring is not None else None
+        return latest if latest is not None else (0, float("nan"), float("nan"))
+
+    def _match(self, instrument: str) -> None:
+        ring = self._rings.get(instrument)
+        if ring is None or not len(ring):
+            return
+        waiting = []
+        for order in self._pending:
+            i = ring.index_for(order.after_ns) if order.instrument == instrument else None
+            if i is None:
+                waiting.append(order)
+                continue
+            if 0 < order.after_ns <= ring.dropped_until:
+                self.late_fills += 1
+            self._fill(order, *ring.quote(i))
+        self._pending = waiting
+
+    def _fill(self, order: wire.Order, time_ns: int, bid: float, ask: float) -> None:
+        price = ask if order.units > 0 else bid
+        fee = abs(order.units) * price * self.config.commission
+        book = self._books.setdefault(order.instrument, Book())
+        self._balance += book.apply(order.units, price, fee) - fee
+        self._fills.append(
+            wire.Fill(
+                order.client_id, order.brain, order.instrument, order.units, price, time_ns, fee
+            )
+        )

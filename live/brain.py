@@ -1,0 +1,199 @@
+"""The brain process: one strategy in live, one decision per closed bar.
+
+Sockets (one owner: the loop thread)::
+
+    SUB    router_bars     in:  bar.<INSTRUMENT>.<GRAN> Bars, closed bars
+    DEALER router_history  out: [b"history", HistoryRequest]   in: [topic, Bars]
+    DEALER trader_orders   out: [b"target", Target]            in: [topic, OrderReply]
+
+The brain subscribes to bars before it asks for history, buffers the bars that arrive meanwhile,
+and merges both by open time, so the window has neither gaps nor duplicates. A live bar that does
+not follow the last one (a dropped message, a router restart) triggers a history request for the
+bars before it; if the router has none, the gap is the market's (a weekend) and the bar is taken.
+
+At warm-up the brain decides on the last bar it has, then on every new bar: the strategy's last
+target times `size`, sent as a Target whose client id is ``<brain>-<bar open ns>``. A restarted
+brain therefore resends the decision it may have sent already, and the trader refuses the
+duplicate instead of trading twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import zmq
+
+from osm.core import wire
+from osm.core.barseries import BarSeries
+from osm.core.config import BrainConfig
+from osm.core.errors import UnknownNameError
+from osm.core.granularity import next_open
+from osm.live.service import Service
+from osm.strategies.base import load_strategy
+
+HISTORY_RETRY_S = 5.0
+
+
+class Brain(Service):
+    role = "brain"
+
+    def setup(self) -> None:
+        self.spec = self._spec()
+        self.strategy = load_strategy(self.spec.strategy)(**self.spec.params)
+        self.series = BarSeries(self.spec.window, None, self.spec.instrument, self.spec.granularity)
+        self._warm = False
+        self._pending: dict[int, np.void] = {}  # live bars not merged yet, by open time
+        self._request: wire.HistoryRequest | None = None  # the history request awaiting a reply
+        self._requested_at = 0.0
+        self._gap_checked_until = -1  # bars up to this open time were asked of the history
+        self._topic = f"bar.{self.spec.instrument}.{self.spec.granularity}"
+        self._bars = self.bus.connect(zmq.SUB, "router_bars")
+        self._bars.setsockopt(zmq.SUBSCRIBE, self._topic.encode())
+        self._history = self.bus.connect(zmq.DEALER, "router_history")
+        self._orders = self.bus.connect(zmq.DEALER, "trader_orders")
+        self.on(self._bars, self._on_bars)
+        self.on(self._history, self._on_history)
+        self.on(self._orders, self._on_reply)
+        self._ask_history(None)
+
+    def _spec(self) -> BrainConfig:
+        for spec in self.config.brains:
+            if spec.name == self.name:
+                return spec
+        names = [b.name for b in self.config.brains]
+        raise UnknownNameError("brain (add it to brains in config.json)", self.name, names)
+
+    def idle(self) -> None:
+        # A request sent while the router was away is lost with its connection: ask again.
+        request = self._request
+        if request is not None and time.monotonic() - self._requested_at > HISTORY_RETRY_S:
+            self.counters["history_retries"] += 1
+            self._send(request)
+
+    def _ask_history(self, end_ns: int | None) -> None:
+        self._request = wire.HistoryRequest(
+            self.spec.instrument, self.spec.granularity, self.spec.window, end_ns
+        )
+        self._send(self._request)
+
+    def _send(self, request: wire.HistoryRequest) -> None:
+        self._requested_at = time.monotonic()
+        self._history.send_multipart(wire.frames("history", request))
+
+    def _bars_of(self, parts: list[bytes], topic: str | None = None) -> np.ndarray | None:
+        decoded = self.decode(parts)
+        if decoded is None:
+            return None
+        got, message = decoded
+        if topic is not None and got != topic:
+            # A SUB prefix also matches longer names: bar.EUR_USD.M1 receives bar.EUR_USD.M15.
+            self.counters["other_topics"] += 1
+            return None
+        if isinstance(message, wire.Reply):
+            self.reject("history_error", message.error)
+            return None
+        if not isinstance(message, wire.Bars) or (
+            message.instrument,
+            message.granularity,
+        ) != (self.spec.instrument, self.spec.granularity):
+            self.reject("unexpected", f"{type(message).__name__} where bars were expected")
+            return None
+        try:
+            return message.array()
+        except wire.WireError as exc:
+            self.reject("malformed", str(exc))
+            return None
+
+    def _on_bars(self, parts: list[bytes]) -> None:
+        bars = self._bars_of(parts, self._topic)
+        if bars is None:
+            return
+        last = self._last_time()
+        for bar in bars:
+            if int(bar["time"]) > last:
+                self._pending[int(bar["time"])] = bar.copy()
+            else:
+                self.counters["bars_seen_twice"] += 1
+        self._advance()
+
+    def _on_history(self, parts: list[bytes]) -> None:
+        bars = self._bars_of(parts)
+        if bars is None:
+            return
+        if self._request is None:
+            self.counters["history_stale"] += 1  # the answer to a retried request came twice
+            return
+        end_ns, self._request = self._request.end_ns, None
+        bars = np.sort(bars, order="time")
+        if end_ns is not None:
+            bars = bars[bars["time"] < end_ns]
+            self._gap_checked_until = end_ns
+        new = bars[bars["time"] > self._last_time()]
+        self.counters["history_bars"] += len(new)
+        if not self._warm:
+            self.series.extend(new)
+            self._warm = True
+            self.log.info("warmed up with %d bars", len(self.series))
+            if len(self.series):
+                self._decide()  # maybe sent before a restart: the trader refuses a duplicate
+        else:
+            for bar in new:
+                self._take(bar)
+        self._advance()
+
+    def _advance(self) -> None:
+        """Merge buffered live bars in time order, stopping at a gap until history fills it."""
+        if self._request is not None:
+            return
+        for t in sorted(self._pending):
+            bar = self._pending.pop(t)
+            if t <= self._last_time():
+                self.counters["bars_seen_twice"] += 1
+                continue
+            if len(self.series) and t > self._expected_next() and t > self._gap_checked_until:
+                self._pending[t] = bar
+                self.counters["gaps"] += 1
+                self._ask_history(t)
+                return
+            self._take(bar)
+
+    def _take(self, bar: np.void) -> None:
+        self.series.append(bar)
+        if self._warm:
+            self._decide()
+
+    def _last_time(self) -> int:
+        last = self.series.last
+        return -1 if last is None else int(last["time"])
+
+    def _expected_next(self) -> int:
+        return next_open(self._last_time(), self.spec.granularity, self.config.router.alignment)
+
+    def _decide(self) -> None:
+        bar_time = self._last_time()
+        target = float(self.strategy.targets(self.series.view)[-1])
+        units = round(target * self.spec.size) if math.isfinite(target) else 0
+        decision = wire.Target(
+            self.name,
+            self.spec.instrument,
+            units,
+            f"{self.name}-{bar_time}",
+            next_open(bar_time, self.spec.granularity, self.config.router.alignment),
+        )
+        self._orders.send_multipart(wire.frames("target", decision))
+        self.counters["targets"] += 1
+
+    def _on_reply(self, parts: list[bytes]) -> None:
+        decoded = self.decode(parts)
+        if decoded is None:
+            return
+        _, reply = decoded
+        if not isinstance(reply, wire.OrderReply):
+            self.reject("unexpected", f"{type(reply).__name__} from the trader")
+        elif reply.accepted:
+            self.counters["accepted"] += 1
+        else:
+            self.counters["refused"] += 1
+            self.log.warning("target %s refused: %s", reply.client_id, reply.reason)

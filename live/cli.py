@@ -1,0 +1,511 @@
+"""The `osm` command line: start, watch and steer the live system from a terminal or cron.
+
+Each subcommand parses its arguments and calls one plain function. User mistakes (a bad name, no
+system running, missing keys) print one line to stderr and exit 2; a refused order exits 1.
+Every command takes ``--home DIR`` (default ``$OSM_HOME``, else ``~/.osm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from osm.core import config as cfg
+from osm.core import wire
+from osm.core.dtypes import PRICE_FIELDS, mid
+from osm.core.errors import ConfigError, OsmError
+from osm.core.granularity import check_granularity
+from osm.core.instruments import instrument
+from osm.core.rundir import RunDir
+from osm.live import supervisor
+from osm.live.bus import curve_keys_exist, generate_curve_keys
+from osm.live.client import Client
+from osm.strategies.base import load_strategy
+
+UP_TIMEOUT_S = 90.0  # a cold start imports numba, pandas and pyarrow in five processes at once
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line instead of a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"osm: {message}", file=sys.stderr)
+    return code
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _utc(time_ns: int) -> str:
+    return dt.datetime.fromtimestamp(time_ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header, *[["-" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The supervisor's status as a header line and one table row per process."""
+    head = (
+        f"osm running in {status['home']}: supervisor pid {status['pid']}, "
+        f"up {_duration(status['uptime_s'])}, {status['transport']}"
+        + (" with CURVE" if status["curve"] else "")
+    )
+    rows = []
+    for p in status["processes"]:
+        age = p["heartbeat_age_s"]
+        state = p["state"] + (
+            f" ({p['reason']})" if p["state"] != "running" and p["reason"] else ""
+        )
+        rows.append(
+            [
+                p["name"],
+                p["role"],
+                state,
+                p["pid"],
+                _duration(p["uptime_s"]),
+                p["restarts"],
+                p["messages"],
+                p["rejected"],
+                "-" if age is None else f"{age:.1f} s ago",
+            ]
+        )
+    header = [
+        "PROCESS",
+        "ROLE",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "MESSAGES",
+        "REJECTED",
+        "HEARTBEAT",
+    ]
+    return head + "\n" + _table(header, rows)
+
+
+COLUMNS = {
+    "orders": [
+        "created_ns",
+        "client_id",
+        "brain",
+        "instrument",
+        "kind",
+        "units",
+        "status",
+        "reason",
+    ],
+    "fills": ["time_ns", "client_id", "brain", "instrument", "units", "price", "commission"],
+    "positions": ["instrument", "units", "average_price", "realized", "unrealized", "brains"],
+    "flatten": ["instrument", "brain", "client_id", "units", "accepted", "reason"],
+}
+
+
+def _records(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The trader's rows (orders, fills, positions...) as a table of the chosen columns."""
+    if not rows:
+        return "(none)"
+
+    def cell(name: str, value: Any) -> Any:
+        if name.endswith("_ns") and isinstance(value, int):
+            return _utc(value)
+        return f"{value:.5f}" if isinstance(value, float) else value
+
+    header = [c.upper().removesuffix("_NS") for c in columns]
+    return _table(header, [[cell(c, r.get(c)) for c in columns] for r in rows])
+
+
+# -- subcommands -----------------------------------------------------------------------------
+
+
+def _param(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"--param takes NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def build_config(args: argparse.Namespace) -> cfg.SystemConfig:
+    """The SystemConfig that `osm up` flags describe (or the one in --config FILE), with every
+    brain's strategy imported and its parameters checked, so a typo fails here and not in a
+    process that the supervisor would restart in vain."""
+    config = _config_from_file(args.config) if args.config else _config_from_flags(args)
+    for brain in config.brains:
+        load_strategy(brain.strategy)(**brain.params)
+    return config
+
+
+def _config_from_file(path: str) -> cfg.SystemConfig:
+    try:
+        return cfg.load(cfg.SystemConfig, Path(path).read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+
+
+def _config_from_flags(args: argparse.Namespace) -> cfg.SystemConfig:
+    instruments = args.instrument or ["EUR_USD"]
+    feed: dict[str, Any] = {"name": args.feed, "kind": args.feed, "instruments": instruments}
+    feed["speed"] = args.speed
+    if args.file:
+        feed["file"] = str(Path(args.file).expanduser().resolve())
+        if not Path(feed["file"]).exists():
+            raise ConfigError(f"--file {args.file}: no such file")
+    if args.start:
+        feed["start"] = args.start
+    router: dict[str, Any] = {}
+    if args.granularities:
+        router["granularities"] = args.granularities
+    brains = []
+    if args.brain:
+        granularity = args.brain_granularity or (args.granularities or ["M1"])[0]
+        name = args.brain.partition(":")[0].rsplit(".", 1)[-1]
+        brains.append(
+            {
+                "name": name,
+                "strategy": args.brain,
+                "params": dict(map(_param, args.param or [])),
+                "instrument": instruments[0],
+                "granularity": granularity,
+                "size": args.size,
+            }
+        )
+    system = {"host": args.host, "transport": args.transport, "feeds": [feed], "brains": brains}
+    return cfg.load(cfg.SystemConfig, {**system, "router": router})
+
+
+def cmd_up(home: Path, args: argparse.Namespace) -> int:
+    config = build_config(args)
+    rundir = RunDir(home)
+    if args.foreground:
+        return supervisor.run_foreground(rundir, config)
+    pid, started = supervisor.up(rundir, config, timeout_s=UP_TIMEOUT_S)
+    if started:
+        print(f"osm started in {rundir.home} (supervisor pid {pid})")
+    else:
+        print(f"osm is already running in {rundir.home} (supervisor pid {pid}); attached")
+    with Client(home) as client:
+        status = wait_running(client, UP_TIMEOUT_S)
+    print(format_status(status))
+    stuck = [p for p in status["processes"] if p["state"] not in ("running", "exited")]
+    if stuck:
+        names = ", ".join(f"{p['name']} ({p['state']}, see logs/{p['name']}.log)" for p in stuck)
+        return _fail(f"not every process came up: {names}", 1)
+    return 0
+
+
+def wait_running(client: Client, timeout_s: float) -> dict[str, Any]:
+    """Poll the status until no process is starting or waiting to restart, or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = client.status()
+        settled = all(p["state"] in ("running", "exited", "failed") for p in status["processes"])
+        if settled or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def cmd_down(home: Path, args: argparse.Namespace) -> int:
+    rundir = RunDir(home)
+    if supervisor.down(rundir):
+        print(f"osm stopped in {rundir.home}")
+    else:
+        print(f"osm was not running in {rundir.home}")
+    return 0
+
+
+def cmd_status(home: Path, args: argparse.Namespace) -> int:
+    with Client(home, timeout_s=args.timeout) as client:
+        status = client.status()
+    if args.json:
+        _print_json(status)
+    else:
+        print(format_status(status))
+    return 0
+
+
+def cmd_bars(home: Path, args: argparse.Namespace) -> int:
+    spec = instrument(args.instrument)
+    check_granularity(args.granularity)
+    if args.count < 1:
+        raise ConfigError(f"--count must be at least 1, got {args.count}")
+    with Client(home, timeout_s=args.timeout) as client:
+        bars = client.bars(args.instrument, args.granularity, args.count)
+    fields = ["time", *PRICE_FIELDS, "ticks", "complete"]
+    if args.json:
+        _print_json([{f: _plain(row[f]) for f in fields} for row in bars])
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(fields)
+        writer.writerows([[_plain(row[f]) for f in fields] for row in bars])
+    elif not len(bars):
+        print(f"no closed {args.instrument} {args.granularity} bars yet")
+    else:
+        px = spec.format
+        rows = [
+            [_utc(int(b["time"])), px(o), px(h), px(lo), px(c), f"{sp:.1f}", int(b["ticks"])]
+            for b, o, h, lo, c, sp in zip(
+                bars,
+                mid(bars, "open"),
+                mid(bars, "high"),
+                mid(bars, "low"),
+                mid(bars, "close"),
+                spec.pips(bars["ask_close"] - bars["bid_close"]),
+                strict=True,
+            )
+        ]
+        header = ["TIME (UTC)", "OPEN", "HIGH", "LOW", "CLOSE", "SPREAD", "TICKS"]
+        print(f"{args.instrument} {args.granularity}, mid prices, spread in pips at the close")
+        print(_table(header, rows))
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def cmd_trader(home: Path, args: argparse.Namespace) -> int:
+    """orders, fills, positions, halt, resume, flatten: one trader command each."""
+    with Client(home, timeout_s=args.timeout) as client:
+        data = client.trader(args.command)
+    if args.json:
+        _print_json(data)
+    elif args.command in COLUMNS:
+        print(_records(data, COLUMNS[args.command]))
+    else:
+        print(f"{args.command}: " + ", ".join(f"{k}={v}" for k, v in data.items()))
+    return 0
+
+
+def cmd_order(home: Path, args: argparse.Namespace) -> int:
+    instrument(args.instrument)
+    with Client(home, timeout_s=args.timeout) as client:
+        reply = client.order(args.instrument, args.units)
+    if not reply.accepted:
+        return _fail(f"order {reply.client_id} refused: {reply.reason}", 1)
+    print(f"order {reply.client_id} accepted: {reply.units:+d} {args.instrument}")
+    return 0
+
+
+def cmd_keys(home: Path, args: argparse.Namespace) -> int:
+    rundir = RunDir(home)
+    if curve_keys_exist(rundir) and not args.force:
+        raise ConfigError(
+            f"CURVE keys already exist in {rundir.home / 'keys'}; pass --force to replace them "
+            "(every client then needs the new ones)"
+        )
+    server, client = generate_curve_keys(rundir)
+    print(f"CURVE keys written to {server.parent} (secret files 0600):")
+    print(f"  {server.name}, {server.stem}.key_secret: the system's key pair (stays on this host)")
+    print(f"  {client.name}, {client.stem}.key_secret: the client key pair")
+    print("copy server.key and client.key_secret to every client's keys/ folder; then")
+    print("`osm up --transport tcp --host 0.0.0.0` serves over TCP and refuses unkeyed peers")
+    return 0
+
+
+DEMO_SPEED = 60.0  # one simulated minute per second: an M1 bar closes every second
+DEMO_START = "2024-03-05T08:00:00Z"  # a Tuesday morning, so the market is open whatever today is
+
+
+def demo_config() -> cfg.SystemConfig:
+    """A synthetic EUR_USD market at DEMO_SPEED with SmaCross(3, 8) trading M1 bars on paper."""
+    return cfg.SystemConfig(
+        feeds=[cfg.FeedConfig(name="synthetic", speed=DEMO_SPEED, start=DEMO_START)],
+        router=cfg.RouterConfig(granularities=["M1"]),
+        brains=[
+            cfg.BrainConfig(
+                name="sma_cross",
+                strategy="osm.strategies.sma_cross:SmaCross",
+                params={"fast": 3, "slow": 8},
+                granularity="M1",
+                size=10_000,
+                window=200,
+            )
+        ],
+    )
+
+
+def cmd_demo(home: Path | None, args: argparse.Namespace) -> int:
+    own_home = home is None
+    rundir = RunDir(home or tempfile.mkdtemp(prefix="osm-demo-"))
+    if not own_home and supervisor.running_pid(rundir) is not None:
+        raise ConfigError(
+            f"a system is running in {rundir.home} and the demo would stop it; "
+            "run the demo without --home (it uses a temporary run directory)"
+        )
+    print(
+        f"osm demo: a synthetic EUR_USD market at {DEMO_SPEED:g}x real time, SmaCross(fast=3, "
+        f"slow=8) trading M1 bars on the paper broker; run directory {rundir.home}"
+    )
+    supervisor.up(rundir, demo_config(), timeout_s=UP_TIMEOUT_S)
+    bars = 0
+    try:
+        bars = watch_demo(rundir.home, args.seconds)
+    finally:
+        supervisor.down(rundir)
+        print("osm demo: system stopped")
+    if not bars:
+        return _fail(f"the demo saw no bars; the logs are in {rundir.logs}", 1)
+    if own_home:
+        shutil.rmtree(rundir.home, ignore_errors=True)
+    return 0
+
+
+def watch_demo(home: Path, seconds: float) -> int:
+    """Print closed bars, fills and position changes for `seconds`; return the bars seen."""
+    topics = ["bar.EUR_USD.M1", "fill.", "position.EUR_USD"]
+    bars = fills = units = 0
+    with Client(home) as client, client.subscribe(["router_bars", "trader_events"], topics) as feed:
+        wait_running(client, UP_TIMEOUT_S)
+        print(f"osm demo: system up; watching for {seconds:g} s (Ctrl-C stops early)")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            got = feed.recv(0.25)
+            if got is None:
+                continue
+            message = got[1]
+            if isinstance(message, wire.Bars):
+                for bar in message.array():
+                    bars += 1
+                    o, h, lo, c = (f"{mid(bar, f):.5f}" for f in ("open", "high", "low", "close"))
+                    print(
+                        f"  bar   {_utc(int(bar['time']))}  O {o}  H {h}  L {lo}  C {c}"
+                        f"  ticks {int(bar['ticks']):4d}   position {units:+7d}"
+                    )
+            elif isinstance(message, wire.Fill):
+                fills += 1
+                side = "buys" if message.units > 0 else "sells"
+                print(
+                    f"  fill  {_utc(message.time_ns)}  {message.brain} {side} "
+                    f"{abs(message.units)} {message.instrument} @ {message.price:.5f}"
+                )
+            elif isinstance(message, wire.Position) and message.units != units:
+                print(
+                    f"  position {message.instrument} {units:+d} -> {message.units:+d} "
+                    f"(realized {message.realized:+.2f}, unrealized {message.unrealized:+.2f})"
+                )
+                units = message.units
+    print(f"osm demo: {bars} bars closed, {fills} fills, final position {units:+d} EUR_USD")
+    return bars
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="run directory (default $OSM_HOME, else ~/.osm)")
+    common.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    parser = _Parser(prog="osm", description="Run and steer the osm live trading system.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", parents=[common], help="start the system (or attach to it)")
+    up.add_argument("--feed", choices=["synthetic", "replay"], default="synthetic")
+    up.add_argument("--file", help="replay: CSV(.gz) or Parquet of ticks or bars")
+    up.add_argument("--speed", type=float, default=1.0, help="1 real time, 60 faster, 0 flat out")
+    up.add_argument("--start", help="synthetic: ISO time of the first tick (default now)")
+    up.add_argument("--instrument", action="append", help="repeat for more (default EUR_USD)")
+    up.add_argument("--granularities", nargs="+", metavar="G", help="bars to build, e.g. S5 M1")
+    up.add_argument(
+        "--brain",
+        metavar="MODULE:CLASS",
+        help="run a strategy live, e.g. osm.strategies.sma_cross:SmaCross",
+    )
+    up.add_argument("--param", action="append", metavar="NAME=VALUE", help="strategy parameter")
+    up.add_argument("--brain-granularity", help="the brain's bars (default the first built)")
+    up.add_argument("--size", type=int, default=10_000, help="brain units at target 1.0")
+    up.add_argument("--host", default="127.0.0.1", help="bind address; not loopback needs keys")
+    up.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
+    up.add_argument("--config", help="a SystemConfig JSON file instead of the flags above")
+    up.add_argument("--foreground", action="store_true", help="run here, logging to stderr")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", parents=[common], help="stop the system")
+    down.set_defaults(func=cmd_down)
+
+    keys = sub.add_parser("keys", parents=[common], help="create CURVE keys in the run directory")
+    keys.add_argument("--force", action="store_true", help="replace existing keys")
+    keys.set_defaults(func=cmd_keys)
+
+    status = sub.add_parser("status", parents=[common], help="processes and their health")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    bars = sub.add_parser("bars", parents=[common], help="the last closed bars")
+    bars.add_argument("instrument")
+    bars.add_argument("granularity")
+    bars.add_argument("--count", type=int, default=20)
+    form = bars.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true")
+    form.add_argument("--csv", action="store_true")
+    bars.set_defaults(func=cmd_bars)
+
+    for name, text in (
+        ("orders", "the trader's orders"),
+        ("positions", "the trader's positions"),
+        ("halt", "refuse every new order (kill switch)"),
+        ("resume", "accept orders again after a halt"),
+        ("flatten", "close every position with market orders"),
+        ("fills", "the trader's fills"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_trader)
+
+    order = sub.add_parser("order", parents=[common], help="send a market order through risk")
+    order.add_argument("instrument")
+    order.add_argument("units", type=int, help="signed: positive buys, negative sells")
+    order.set_defaults(func=cmd_order)
+
+    demo = sub.add_parser("demo", parents=[common], help="a short live run on a synthetic market")
+    demo.add_argument("--seconds", type=float, default=45.0, help="how long to watch")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    home = Path(args.home).expanduser() if args.home else None
+    try:
+        if args.command == "demo":
+            return args.func(home, args)
+        return args.func(home or RunDir().home, args)
+    except OsmError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

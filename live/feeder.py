@@ -1,0 +1,173 @@
+"""The feeder process: one source of ticks, sent to the router in acknowledged, resendable batches.
+
+Batches go over a DEALER to the router's ROUTER socket as ``wire.Ticks(instrument, ..., feed=NAME,
+seq=N)`` where `seq` is the feed's position: how many ticks of its stream have been sent up to the
+end of that batch. The router applies a batch only if it starts at or before the position it has
+reached (and skips the ticks it already has), acknowledges the position it has reached and
+journaled, and drops what is beyond it, so a batch lost on the way is resent, in order, with those
+that followed it (go-back-N). Unacknowledged batches are kept, at most `window` of them
+(backpressure: a slow or absent router stops the source), and resent when no acknowledgement has
+come for `resend_s` seconds, which is also how a restarted router gets them. The acknowledged
+position is saved in ``state/feeder.NAME.json``; a restarted feeder rebuilds its (deterministic)
+source at that position, and the router drops whatever it had already, so no tick is lost or
+applied twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from osm.core import wire
+from osm.core.config import SystemConfig
+from osm.core.errors import ConfigError
+from osm.core.rundir import RunDir, write_atomic
+from osm.live.feeds import open_source
+from osm.live.service import Service
+
+_FINGERPRINT_FIELDS = ("kind", "file", "instruments", "seed", "start", "loop")
+
+
+class Feeder(Service):
+    """Turns the source of one FeedConfig (named like this process) into acknowledged tick batches."""
+
+    role = "feeder"
+    window = 256  # unacknowledged batches at most
+    resend_s = 1.0
+    persist_s = 0.25
+    sends_per_round = 64  # then read acknowledgements again
+
+    def __init__(self, name: str, rundir: RunDir, config: SystemConfig, endpoints: dict[str, Any]):
+        feeds = {f.name: f for f in config.feeds}
+        if name not in feeds:
+            raise ConfigError(
+                f"no feed named {name!r} in {rundir.config_path}; feeds: {sorted(feeds)}. "
+                "Start a feeder with the name of one of config.feeds."
+            )
+        super().__init__(name, rundir, config, endpoints)
+        self.feed = feeds[name]
+        self.state_path = rundir.home / "state" / f"feeder.{name}.json"
+        self._unacked: collections.deque[tuple[int, list[bytes]]] = collections.deque()
+        self._acked = self._position = self._persisted = 0
+        self._held: tuple[str, np.ndarray] | None = None
+        self._exhausted = False
+        self._last_progress = self._last_persist = time.monotonic()
+        self._anchor: tuple[int, float] | None = None  # (data time, monotonic) of the first send
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {f: getattr(self.feed, f) for f in _FINGERPRINT_FIELDS}
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {"seq": 0, "source": {}}
+        if state.get("fingerprint") != self._fingerprint():
+            raise ConfigError(
+                f"feed {self.name!r} has a new source ({self._fingerprint()}) but its saved position "
+                f"in {self.state_path} belongs to {state.get('fingerprint')}; give the feed a new "
+                "name (the router tracks positions per feed name)"
+            )
+        return state
+
+    def setup(self) -> None:
+        state = self._load_state()
+        self._acked = self._position = self._persisted = int(state["seq"])
+        self.source = open_source(self.feed, self._position, state.get("source", {}))
+        self.sock = self.bus.connect(zmq.DEALER, "router_ticks")
+        self.on(self.sock, self._on_reply)
+        self.counters["acked"] = self._acked
+
+    def _on_reply(self, parts: list[bytes]) -> None:
+        decoded = self.decode(parts)
+        if decoded is None:
+            return
+        _, message = decoded
+        if not isinstance(message, wire.Ack) or message.feed != self.name:
+            self.reject("unexpected_message", f"{type(message).__name__} on the ticks socket")
+            return
+        if message.seq > self._acked:
+            while self._unacked and self._unacked[0][0] <= message.seq:
+                self._unacked.popleft()
+            self._acked = message.seq
+            self._last_progress = time.monotonic()
+            self.counters["acked"] = self._acked
+
+    def idle(self) -> None:
+        now = time.monotonic()
+        if self._unacked and now - self._last_progress > self.resend_s:
+            # Router slow, restarted or a batch lost: resend every unacknowledged batch, in order.
+            for _, frames in self._unacked:
+                self._send(frames)
+            self.counters["batches_resent"] += len(self._unacked)
+            self._last_progress = now
+        self.poll_ms = self._send_due(now)
+        finished = self._exhausted and self._held is None and not self._unacked
+        if finished and not self.counters["finished"]:
+            self.counters["finished"] = 1
+            self.log.info("source exhausted and every tick acknowledged (%d)", self._acked)
+        if self._acked != self._persisted and (
+            finished or now - self._last_persist >= self.persist_s
+        ):
+            self._save_state()
+
+    def _send_due(self, now: float) -> int:
+        """Send the batches that are due; return how long (ms) the loop may wait for the next."""
+        for _ in range(self.sends_per_round):
+            if len(self._unacked) >= self.window:
+                return 50  # wait for acknowledgements (they wake the poll)
+            if self._held is None:
+                if self._exhausted:
+                    return 50
+                self._held = self.source.read(self.feed.batch)
+                if self._held is None:
+                    self._exhausted = True
+                    return 50
+            instrument, rows = self._held
+            due = len(rows)
+            if self.feed.speed > 0:
+                if self._anchor is None:
+                    self._anchor = (int(rows["time"][0]), now)
+                data_now = self._anchor[0] + (now - self._anchor[1]) * self.feed.speed * 1e9
+                due = int(np.searchsorted(rows["time"], data_now, "right"))
+                if due == 0:
+                    wait_s = (rows["time"][0] - data_now) / 1e9 / self.feed.speed
+                    return int(min(50.0, max(1.0, wait_s * 1000)))
+            batch = rows[:due]
+            self._held = (instrument, rows[due:]) if due < len(rows) else None
+            self._position += len(batch)
+            message = wire.Ticks.of(instrument, batch, self.name, self._position)
+            frames = wire.frames(f"ticks.{instrument}", message)
+            self._unacked.append((self._position, frames))
+            if len(self._unacked) == 1:  # the window was empty: the resend timer starts now
+                self._last_progress = now
+            self._send(frames)
+            self.counters["ticks_sent"] += len(batch)
+            self.counters["batches_sent"] += 1
+        return 0
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["send_full"] += 1  # kept in the window; the resend timer delivers it
+
+    def _save_state(self) -> None:
+        state = {
+            "seq": self._acked,
+            "fingerprint": self._fingerprint(),
+            "source": self.source.state(),
+            "finished": bool(self.counters["finished"]),
+        }
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.state_path, json.dumps(state).encode())
+        self._persisted, self._last_persist = self._acked, time.monotonic()
+
+    def teardown(self) -> None:
+        if self._acked != self._persisted:
+            self._save_state()

@@ -1,0 +1,233 @@
+"""The trader's journal: orders, fills and positions in SQLite (WAL), the truth after a crash.
+
+An order's intent is committed, keyed by its client order id, before the broker sees it; the id is
+UNIQUE, so a resent order (a restarted brain, a retrying client) is recognised and never executed
+twice. Fills are keyed by client id too: a broker that reports a fill again is ignored. Positions
+are a snapshot for readers; on start the trader rebuilds them from the fills.
+
+Schema::
+
+    orders(seq, client_id UNIQUE, brain, instrument, kind, target, units, after_ns, status, reason,
+           created_ns, updated_ns)
+        kind: order | target | flatten; target: the wanted position of a target, else NULL;
+        status: new (committed, maybe not sent) | sent | filled | refused | noop (a target already
+        met) | lost (sent, but the broker neither holds nor filled it after a restart)
+    fills(seq, client_id UNIQUE -> orders, brain, instrument, units, price, commission, time_ns)
+    positions(instrument PRIMARY KEY, units, average_price, realized, commission, updated_ns)
+    meta(key PRIMARY KEY, value): initial_balance, halted
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from osm.core import wire
+from osm.live.adapters.base import Book
+
+STATUSES = ("new", "sent", "filled", "refused", "noop", "lost")
+OPEN = ("new", "sent")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id TEXT NOT NULL UNIQUE,
+    brain TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('order', 'target', 'flatten')),
+    target INTEGER,
+    units INTEGER NOT NULL,
+    after_ns INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN {STATUSES}),
+    reason TEXT NOT NULL DEFAULT '',
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_open ON orders (status) WHERE status IN {OPEN};
+CREATE TABLE IF NOT EXISTS fills (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id TEXT NOT NULL UNIQUE REFERENCES orders (client_id),
+    brain TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    units INTEGER NOT NULL,
+    price REAL NOT NULL,
+    commission REAL NOT NULL,
+    time_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    instrument TEXT PRIMARY KEY,
+    units INTEGER NOT NULL,
+    average_price REAL NOT NULL,
+    realized REAL NOT NULL,
+    commission REAL NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class Recovered:
+    """What the fills say after a restart."""
+
+    books: dict[str, Book] = field(default_factory=dict)
+    brain_units: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    balance: float = 0.0
+
+
+class Journal:
+    """One SQLite file, used by the trader's loop thread only.
+
+    Parameters
+    ----------
+    path
+        The database file; created with its folder if missing.
+    initial_balance
+        The account's opening balance, stored on creation; later values are ignored so that
+        editing config.json cannot rewrite the account's history.
+    """
+
+    def __init__(self, path: Path, initial_balance: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # Autocommit: each statement is its own transaction unless wrapped in `with self._tx()`.
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the order is sent, even if the machine loses power.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('initial_balance', ?)", (repr(initial_balance),)
+        )
+        self.initial_balance = float(self.get_meta("initial_balance") or initial_balance)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def record(
+        self,
+        order: wire.Order,
+        kind: str,
+        status: str,
+        now_ns: int,
+        target: int | None = None,
+        reason: str = "",
+    ) -> bool:
+        """Commit an order's intent (or its refusal); False if its client id is already known."""
+        try:
+            self._db.execute(
+                "INSERT INTO orders (client_id, brain, instrument, kind, target, units, after_ns,"
+                " status, reason, created_ns, updated_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    order.client_id, order.brain, order.instrument, kind, target, order.units,
+                    order.after_ns, status, reason, now_ns, now_ns,
+                ),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def lookup(self, client_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
+        return dict(row) if row else None
+
+    def mark(self, client_id: str, status: str, now_ns: int, reason: str = "") -> None:
+        self._db.execute(
+            "UPDATE orders SET status = ?, reason = ?, updated_ns = ? WHERE client_id = ?",
+            (status, reason, now_ns, client_id),
+        )
+
+    def record_fill(self, fill: wire.Fill, book: Book, now_ns: int) -> bool:
+        """Commit a fill, its order's status and the position after it in one transaction.
+
+        Return False (and change nothing) if this client id has filled already; raise
+        IntegrityError for a fill of an order that was never journaled.
+        """
+        if self._db.execute(
+            "SELECT 1 FROM fills WHERE client_id = ?", (fill.client_id,)
+        ).fetchone():
+            return False
+        db = self._tx()
+        try:
+            db.execute(
+                "INSERT INTO fills (client_id, brain, instrument, units, price, commission,"
+                " time_ns) VALUES (?,?,?,?,?,?,?)",
+                (
+                    fill.client_id, fill.brain, fill.instrument, fill.units, fill.price,
+                    fill.commission, fill.time_ns,
+                ),
+            )  # fmt: skip
+            db.execute(
+                "UPDATE orders SET status = 'filled', updated_ns = ? WHERE client_id = ?",
+                (now_ns, fill.client_id),
+            )
+            self._write_position(fill.instrument, book, now_ns)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return True
+
+    def _write_position(self, instrument: str, book: Book, now_ns: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO positions VALUES (?,?,?,?,?,?)",
+            (instrument, book.units, book.average_price, book.realized, book.commission, now_ns),
+        )
+
+    def open_orders(self) -> list[wire.Order]:
+        """Orders committed and not filled, refused or lost, oldest first."""
+        rows = self._db.execute(
+            f"SELECT * FROM orders WHERE status IN {OPEN} ORDER BY seq"
+        ).fetchall()
+        return [
+            wire.Order(r["brain"], r["instrument"], r["units"], r["client_id"], r["after_ns"])
+            for r in rows
+        ]
+
+    def rebuild(self, now_ns: int) -> Recovered:
+        """Replay every fill into positions (rewriting the snapshot) and the account balance."""
+        out = Recovered(balance=self.initial_balance)
+        for r in self._db.execute("SELECT * FROM fills ORDER BY seq"):
+            book = out.books.setdefault(r["instrument"], Book())
+            out.balance += book.apply(r["units"], r["price"], r["commission"]) - r["commission"]
+            out.brain_units[(r["brain"], r["instrument"])] += r["units"]
+        db = self._tx()
+        db.execute("DELETE FROM positions")
+        for instrument, book in out.books.items():
+            self._write_position(instrument, book, now_ns)
+        db.execute("COMMIT")
+        return out
+
+    def orders(self, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+        """The latest orders, newest first, optionally of one status."""
+        if status is None:
+            rows = self._db.execute("SELECT * FROM orders ORDER BY seq DESC LIMIT ?", (limit,))
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM orders WHERE status = ? ORDER BY seq DESC LIMIT ?", (status, limit)
+            )
+        return [dict(r) for r in rows]
+
+    def fills(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest fills, newest first."""
+        rows = self._db.execute("SELECT * FROM fills ORDER BY seq DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

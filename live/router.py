@@ -1,0 +1,320 @@
+"""The router process: ticks in, bars of every configured granularity out, history kept and served.
+
+Sockets (endpoint names of ``endpoints.json``):
+
+``router_ticks`` ROUTER
+    ``wire.Ticks`` batches from feeders (DEALER). Per feed, `seq` is the feed's position after the
+    batch (see :mod:`osm.live.feeder`); a batch ending at or before the applied position is a
+    duplicate (dropped, ``batches_duplicate``), one starting after it a gap (dropped,
+    ``batches_gap``: the feeder resends from the applied position), one overlapping it is applied
+    from the first tick not yet applied. ``wire.Ack(feed, seq)`` goes back, cumulative, once the
+    round of batches is applied, journaled and published. Batches without a feed are applied
+    without any of this.
+``router_bars`` PUB
+    ``bar.<INSTRUMENT>.<GRAN>``: closed bars (``wire.Bars``, complete); ``bar_partial.<INSTRUMENT>.
+    <GRAN>``: the forming bar, at most `partial_hz` times a second per series; ``tick.<INSTRUMENT>``:
+    the accepted ticks (``wire.Ticks``), which the paper broker fills from.
+``router_history`` ROUTER
+    ``wire.HistoryRequest`` -> ``history.<INSTRUMENT>.<GRAN>`` + ``wire.Bars`` of closed bars
+    (from memory, else the store), or ``error`` + ``wire.Reply(ok=False, error=...)``.
+
+Ticks are validated per instrument (:func:`osm.live.aggregate.validate`); a refused tick is counted
+as ``rejected.<reason>`` (non_finite, non_positive, crossed, out_of_order, duplicate,
+unknown_instrument) and never used. A bar closes when the first tick of a later bar arrives.
+On start the router restores, from its journal and the store, the closed history, the forming bars,
+the last tick of every instrument and the applied position of every feed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from osm.core import wire
+from osm.core.barseries import BarSeries
+from osm.core.config import SystemConfig
+from osm.core.dtypes import as_ticks
+from osm.core.rundir import RunDir
+from osm.live.aggregate import (
+    NO_BAR,
+    REASONS,
+    aggregate,
+    from_bars,
+    opens_of,
+    to_bars,
+    validate,
+)
+from osm.live.service import Service
+from osm.live.store import BarStore, JournalRecord, dedupe, read_bars
+
+
+class _Book:
+    """Forming bars, last accepted tick and closed history of one instrument."""
+
+    def __init__(self, instrument: str, granularities: list[str], history: int) -> None:
+        n = len(granularities)
+        self.instrument, self.granularities = instrument, granularities
+        self.f_time = np.full(n, NO_BAR, np.int64)
+        self.f_px = np.zeros((n, 8))
+        self.f_n = np.zeros(n, np.int64)
+        self.last: tuple[int, float, float] = (NO_BAR, np.nan, np.nan)
+        self.series = [
+            BarSeries(history, instrument=instrument, granularity=g) for g in granularities
+        ]
+        self.changed = False  # forming bars changed since the last journal record
+        self.partial_due = np.zeros(n, bool)
+        self.partial_sent = np.zeros(n)
+
+    def forming(self, g: int) -> np.ndarray:
+        return to_bars(self.f_time[g : g + 1], self.f_px[g : g + 1], self.f_n[g : g + 1], False)
+
+    def restore_forming(self, g: int, bar: np.ndarray) -> None:
+        times, prices, counts = from_bars(bar)
+        self.f_time[g], self.f_px[g], self.f_n[g] = times[0], prices[0], counts[0]
+
+
+class Router(Service):
+    """Builds, publishes, journals and serves the bars of every instrument the feeds declare."""
+
+    role = "router"
+    sync_s = 1.0  # fsync the journal this often (a killed process loses nothing without it)
+
+    def __init__(self, name: str, rundir: RunDir, config: SystemConfig, endpoints: dict[str, Any]):
+        super().__init__(name, rundir, config, endpoints)
+        settings = config.router
+        self.granularities = list(settings.granularities)
+        self.alignment = settings.alignment
+        instruments = sorted({i for feed in config.feeds for i in feed.instruments})
+        self.books = {i: _Book(i, self.granularities, settings.history) for i in instruments}
+        self.seqs: dict[str, int] = {}
+        self.store = BarStore(rundir.bar_store) if settings.persist else None
+        self._partial_interval = 1.0 / settings.partial_hz if settings.partial_hz > 0 else np.inf
+        self._closed: list[wire.Bars] = []
+        self._ticks_out: list[list[bytes]] = []
+        self._replies: dict[str, bytes] = {}  # feed -> identity of the peer to acknowledge
+        self._next_sync = 0.0
+
+    def setup(self) -> None:
+        self._restore()
+        self.ticks_sock = self.bus.bind(zmq.ROUTER, "router_ticks")
+        self.pub = self.bus.bind(zmq.PUB, "router_bars")
+        self.history_sock = self.bus.bind(zmq.ROUTER, "router_history")
+        self.on(self.ticks_sock, self._on_ticks)
+        self.on(self.history_sock, self._on_history)
+
+    def _restore(self) -> None:
+        if self.store is None:
+            return
+        self.store.recover()
+        self.seqs = dict(self.store.seqs)
+        for (instrument, granularity), bar in self.store.forming.items():
+            book = self.books.get(instrument)
+            if book is not None and granularity in self.granularities:
+                book.restore_forming(self.granularities.index(granularity), bar)
+        for instrument, last in self.store.last_ticks.items():
+            if instrument in self.books:
+                self.books[instrument].last = (int(last[0]), float(last[1]), float(last[2]))
+        for book in self.books.values():
+            for series in book.series:
+                bars = read_bars(self.store.root, book.instrument, series.granularity)
+                series.extend(bars[-series.window :])
+        self.log.info("restored feed positions %s", self.seqs)
+
+    def _reject_many(self, reason: str, count: int, detail: str) -> None:
+        self.counters[f"rejected.{reason}"] += count - 1
+        self.reject(reason, detail)
+
+    def _on_ticks(self, parts: list[bytes]) -> None:
+        if len(parts) != 3:
+            self.reject(
+                "malformed", f"expected identity, topic and payload, got {len(parts)} frames"
+            )
+            return
+        decoded = self.decode(parts[1:])
+        if decoded is None:
+            return
+        message = decoded[1]
+        if not isinstance(message, wire.Ticks):
+            self.reject("unexpected_message", f"{type(message).__name__} on the ticks socket")
+            return
+        try:
+            ticks = message.array()
+        except wire.WireError as exc:
+            self.reject("malformed", str(exc))
+            return
+        if message.feed:
+            ticks = self._unseen(message, ticks, parts[0])
+            if ticks is None:
+                return
+        book = self.books.get(message.instrument)
+        if book is None:
+            self._reject_many(
+                "unknown_instrument",
+                len(ticks),
+                f"{message.instrument!r}: no feed of the config declares it ({sorted(self.books)})",
+            )
+            return
+        if len(ticks):
+            self._apply(book, ticks, message.feed)
+
+    def _unseen(self, message: wire.Ticks, ticks: np.ndarray, identity: bytes) -> np.ndarray | None:
+        """The ticks of a feed's batch not applied yet (None: nothing to apply); advance the feed."""
+        feed, applied = message.feed, self.seqs.get(message.feed, 0)
+        first = message.seq - message.count
+        if first < 0:
+            self.reject("bad_seq", f"feed {feed!r}: seq {message.seq} < count {message.count}")
+            return None
+        self._replies[feed] = identity
+        if message.seq <= applied:
+            self.counters["batches_duplicate"] += 1
+            return None
+        if first > applied:
+            self.counters["batches_gap"] += 1
+            return None
+        self.seqs[feed] = message.seq
+        self.counters["batches_applied"] += 1
+        return ticks[applied - first :]
+
+    def _apply(self, book: _Book, ticks: np.ndarray, feed: str) -> None:
+        time_ns = np.ascontiguousarray(ticks["time"])
+        bid, ask = np.ascontiguousarray(ticks["bid"]), np.ascontiguousarray(ticks["ask"])
+        codes = validate(time_ns, bid, ask, *book.last)
+        if codes.any():
+            for code, count in enumerate(np.bincount(codes, minlength=len(REASONS))):
+                if code and count:
+                    self._reject_many(
+                        REASONS[code], int(count), f"{book.instrument}: {count} ticks"
+                    )
+            keep = codes == 0
+            time_ns, bid, ask = time_ns[keep], bid[keep], ask[keep]
+            if not len(time_ns):
+                return
+        book.last = (int(time_ns[-1]), float(bid[-1]), float(ask[-1]))
+        opens = opens_of(time_ns, self.granularities, self.alignment)
+        room = opens.size
+        c_gran, c_time, c_n = (
+            np.empty(room, np.int64),
+            np.empty(room, np.int64),
+            np.empty(room, np.int64),
+        )
+        c_px = np.empty((room, 8))
+        k = aggregate(bid, ask, opens, book.f_time, book.f_px, book.f_n, c_gran, c_time, c_px, c_n)
+        book.changed = True
+        book.partial_due[:] = True
+        if k:
+            closed = to_bars(c_time[:k], c_px[:k], c_n[:k], True)
+            for g in np.unique(c_gran[:k]):
+                bars = closed[c_gran[:k] == g]
+                book.series[g].extend(bars)
+                self._closed.append(wire.Bars.of(book.instrument, self.granularities[g], bars))
+            self.counters["bars_closed"] += k
+        accepted = wire.Ticks.of(book.instrument, as_ticks(time_ns, bid, ask), feed)
+        self._ticks_out.append(wire.frames(f"tick.{book.instrument}", accepted))
+        self.counters["ticks_applied"] += len(time_ns)
+
+    def idle(self) -> None:
+        self._commit()
+        self._publish_partials()
+        if self.store is not None and time.monotonic() >= self._next_sync:
+            self._next_sync = time.monotonic() + self.sync_s
+            self.store.sync()
+
+    def _commit(self) -> None:
+        """Journal the round, then publish it, then acknowledge it: an ack means it is durable."""
+        changed = [b for b in self.books.values() if b.changed]
+        if not (self._closed or changed or self._replies):
+            return
+        if self.store is not None:
+            forming = [
+                wire.Bars.of(b.instrument, g, b.forming(i))
+                for b in changed
+                for i, g in enumerate(self.granularities)
+                if b.f_time[i] != NO_BAR
+            ]
+            self.store.append(
+                JournalRecord(
+                    closed=self._closed,
+                    forming=forming,
+                    seqs={feed: self.seqs.get(feed, 0) for feed in self._replies},
+                    last_ticks={b.instrument: b.last for b in changed},
+                )
+            )
+        for bars in self._closed:
+            self.pub.send_multipart(wire.frames(f"bar.{bars.instrument}.{bars.granularity}", bars))
+        for frames in self._ticks_out:
+            self.pub.send_multipart(frames)
+        for feed, identity in self._replies.items():
+            ack = wire.Ack(feed, self.seqs.get(feed, 0))
+            self.ticks_sock.send_multipart([identity, *wire.frames("ack", ack)])
+        for book in changed:
+            book.changed = False
+        self._closed, self._ticks_out, self._replies = [], [], {}
+
+    def _publish_partials(self) -> None:
+        now = time.monotonic()
+        for book in self.books.values():
+            for g in np.flatnonzero(book.partial_due):
+                if now - book.partial_sent[g] < self._partial_interval:
+                    continue
+                topic = f"bar_partial.{book.instrument}.{self.granularities[g]}"
+                message = wire.Bars.of(book.instrument, self.granularities[g], book.forming(g))
+                self.pub.send_multipart(wire.frames(topic, message))
+                book.partial_sent[g], book.partial_due[g] = now, False
+
+    def history(
+        self, instrument: str, granularity: str, count: int, end_ns: int | None
+    ) -> np.ndarray:
+        """The last `count` closed bars of a series opening before `end_ns` (None: all)."""
+        series = self.books[instrument].series[self.granularities.index(granularity)]
+        bars = series.view
+        if end_ns is not None:
+            bars = bars[bars["time"] < end_ns]
+        if len(bars) < count and self.store is not None:
+            stored = read_bars(self.store.root, instrument, granularity, end=end_ns)
+            bars = dedupe(np.concatenate([stored, bars]))
+        return bars[-count:] if count else bars[:0]
+
+    def _on_history(self, parts: list[bytes]) -> None:
+        if len(parts) < 3:
+            self.reject(
+                "malformed", f"expected an envelope, topic and payload, got {len(parts)} frames"
+            )
+            return
+        envelope = parts[:-2]
+        decoded = self.decode(parts[-2:])
+        error = self._history_error(decoded)
+        if error:
+            self.history_sock.send_multipart(
+                [*envelope, *wire.frames("error", wire.Reply(False, error=error))]
+            )
+            return
+        request = decoded[1]
+        bars = self.history(request.instrument, request.granularity, request.count, request.end_ns)
+        topic = f"history.{request.instrument}.{request.granularity}"
+        reply = wire.Bars.of(request.instrument, request.granularity, bars)
+        self.history_sock.send_multipart([*envelope, *wire.frames(topic, reply)])
+        self.counters["history_requests"] += 1
+
+    def _history_error(self, decoded: tuple[str, wire.AnyMessage] | None) -> str:
+        if decoded is None:
+            return "malformed request: send [topic, wire.HistoryRequest]"
+        request = decoded[1]
+        if not isinstance(request, wire.HistoryRequest):
+            self.reject("unexpected_message", f"{type(request).__name__} on the history socket")
+            return f"expected a HistoryRequest, got {type(request).__name__}"
+        if request.instrument not in self.books:
+            return f"unknown instrument {request.instrument!r}; the router has {sorted(self.books)}"
+        if request.granularity not in self.granularities:
+            return f"granularity {request.granularity!r} is not built; the router has {self.granularities}"
+        if request.count < 0:
+            return f"count must be >= 0, got {request.count}"
+        return ""
+
+    def teardown(self) -> None:
+        self._commit()
+        if self.store is not None:
+            self.store.flush()
+            self.store.close()

@@ -1,0 +1,325 @@
+"""The trader process: orders and targets in, risk, journal, broker, fills and positions out.
+
+Sockets (one owner: the loop thread)::
+
+    ROUTER trader_orders   in:  [topic, Order | Target | Command]  (a REQ client's empty
+                                delimiter frame is kept and echoed)
+                           out: [b"order_reply", OrderReply] or [b"reply", Reply]
+    SUB    router_bars     in:  tick.<INSTRUMENT> Ticks, the quotes the paper broker fills at
+    PUB    trader_events   out: fill.<brain> Fill, position.<INSTRUMENT> Position (on each fill
+                                and every second while held), order.<brain> OrderReply
+
+A Target asks for a position: the order sent is the target minus what that brain holds and has
+pending in the instrument. Every order's intent is committed to the journal before the broker
+sees it, so a kill -9 at any instant leaves each client id journaled once and executed at most
+once; on restart positions are rebuilt from the journaled fills and open orders handed back to the
+broker. Commands: status, halt, resume, flatten, orders, fills, positions (see `_command`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import zmq
+
+from osm.core import wire
+from osm.core.errors import UnknownNameError
+from osm.core.instruments import INSTRUMENTS
+from osm.live.adapters import Book, brokers
+from osm.live.journal import Journal
+from osm.live.risk import Refusal, Risk
+from osm.live.service import Service, now_ns
+
+POSITIONS_EVERY_S = 1.0
+
+
+class Trader(Service):
+    role = "trader"
+
+    def setup(self) -> None:
+        config = self.config.trader
+        self.risk = Risk(config.risk)
+        self.journal = Journal(self.rundir.db / f"{self.name}.sqlite", config.balance)
+        self.broker = brokers.create(config)
+        self._books: dict[str, Book] = {}
+        self._brain_units: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._recover()
+        self._next_positions = 0.0
+        self._requests = self.bus.bind(zmq.ROUTER, "trader_orders")
+        self._events = self.bus.bind(zmq.PUB, "trader_events")
+        self._quotes = self.bus.connect(zmq.SUB, "router_bars")
+        self._quotes.setsockopt(zmq.SUBSCRIBE, b"tick.")
+        self.on(self._requests, self._on_request)
+        self.on(self._quotes, self._on_quotes)
+        self._commands: dict[str, Callable[..., Any]] = {
+            "status": self._status,
+            "halt": self._halt,
+            "resume": self._resume,
+            "flatten": self._flatten,
+            "orders": self.journal.orders,
+            "fills": self.journal.fills,
+            "positions": self._positions,
+        }
+
+    def teardown(self) -> None:
+        self.broker.close()
+        self.journal.close()
+
+    def idle(self) -> None:
+        self._drain()
+        if time.monotonic() >= self._next_positions:
+            self._next_positions = time.monotonic() + POSITIONS_EVERY_S
+            for position in self.broker.positions():
+                if position.units:
+                    self._publish(f"position.{position.instrument}", position)
+
+    def _recover(self) -> None:
+        now = now_ns()
+        recovered = self.journal.rebuild(now)
+        self._books, self._brain_units = recovered.books, recovered.brain_units
+        open_orders = self.journal.open_orders()
+        lost = set(self.broker.restore(recovered.books, recovered.balance, open_orders))
+        for order in open_orders:
+            if order.client_id in lost:
+                reason = "the broker neither holds nor filled it after a restart"
+                self.journal.mark(order.client_id, "lost", now, reason)
+            else:
+                self.journal.mark(order.client_id, "sent", now)
+        halted = self.journal.get_meta("halted")
+        if halted is not None:
+            self.risk.halt(halted)
+        self.log.info(
+            "recovered %d positions, %d open orders (%d lost)%s",
+            sum(1 for b in self._books.values() if b.units), len(open_orders), len(lost),
+            "; trading is halted" if halted is not None else "",
+        )  # fmt: skip
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _on_request(self, parts: list[bytes]) -> None:
+        # A DEALER sends [topic, payload]; a REQ adds an empty delimiter the reply must carry.
+        split = 2 if len(parts) == 4 and parts[1] == b"" else 1
+        envelope, body = parts[:split], parts[split:]
+        decoded = self.decode(body)
+        if decoded is None:
+            reply = wire.Reply(False, error="malformed request: send osm.core.wire.frames(...)")
+            self._reply(envelope, "reply", reply)
+            return
+        _, message = decoded
+        if isinstance(message, wire.Order | wire.Target):
+            self._reply(envelope, "order_reply", self._order(message))
+        elif isinstance(message, wire.Command):
+            self._reply(envelope, "reply", self._command(message))
+        else:
+            self.reject("unexpected", type(message).__name__)
+            error = f"the trader takes Order, Target or Command, not {type(message).__name__}"
+            self._reply(envelope, "reply", wire.Reply(False, error=error))
+
+    def _reply(self, envelope: list[bytes], topic: str, message: wire.Message) -> None:
+        self._requests.send_multipart([*envelope, *wire.frames(topic, message)])
+
+    def _order(self, message: wire.Order | wire.Target) -> wire.OrderReply:
+        kind = "target" if isinstance(message, wire.Target) else "order"
+        target = message.units if kind == "target" else None
+        order = wire.Order(
+            message.brain, message.instrument, message.units, message.client_id, message.after_ns
+        )
+        if not message.client_id:
+            text = "client_id must be a non-empty string unique to this order"
+            return self._refuse(order, kind, target, Refusal("bad_order", text), journal=False)
+        known = self.journal.lookup(message.client_id)
+        if known is not None:
+            text = (
+                f"client id {message.client_id!r} is already journaled ({known['status']}, "
+                f"{known['units']} units); a client id is executed at most once"
+            )
+            return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
+        if message.instrument not in INSTRUMENTS:
+            text = str(UnknownNameError("instrument", message.instrument, INSTRUMENTS))
+            return self._refuse(order, kind, target, Refusal("unknown_instrument", text))
+        if target is not None:
+            held, _ = self._projected(message.brain, message.instrument)
+            order = msgspec.structs.replace(order, units=target - held)
+            if order.units == 0:
+                self.journal.record(order, kind, "noop", now_ns(), target)
+                return self._announce(wire.OrderReply(order.client_id, True, units=0), order)
+        elif order.units == 0:
+            text = "an order needs non-zero units (positive buys, negative sells)"
+            return self._refuse(order, kind, target, Refusal("bad_order", text))
+        return self._execute(order, kind, target)
+
+    def _projected(self, brain: str, instrument: str) -> tuple[int, int]:
+        """Units of `instrument` held by `brain` and by the account, counting pending orders."""
+        mine = self._brain_units[(brain, instrument)]
+        total = self._books[instrument].units if instrument in self._books else 0
+        for order in self.broker.pending():
+            if order.instrument == instrument:
+                total += order.units
+                mine += order.units if order.brain == brain else 0
+        return mine, total
+
+    def _execute(
+        self, order: wire.Order, kind: str, target: int | None, flatten: bool = False
+    ) -> wire.OrderReply:
+        _, total = self._projected(order.brain, order.instrument)
+        refusal = self.risk.check(order.instrument, order.units, total, flatten=flatten)
+        if refusal is not None:
+            return self._refuse(order, kind, target, refusal)
+        now = now_ns()
+        if not self.journal.record(order, kind, "new", now, target):
+            text = f"client id {order.client_id!r} is already journaled"
+            return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
+        self.broker.submit(order)
+        self.journal.mark(order.client_id, "sent", now)
+        self.risk.record()
+        self.counters["orders_sent"] += 1
+        reply = self._announce(wire.OrderReply(order.client_id, True, units=order.units), order)
+        self._drain()
+        return reply
+
+    def _refuse(
+        self,
+        order: wire.Order,
+        kind: str,
+        target: int | None,
+        refusal: Refusal,
+        journal: bool = True,
+    ) -> wire.OrderReply:
+        if journal:
+            self.journal.record(order, kind, "refused", now_ns(), target, refusal.text)
+        self.reject(refusal.code, f"{order.client_id}: {refusal.text}")
+        reply = wire.OrderReply(order.client_id, False, refusal.text, order.units)
+        return self._announce(reply, order)
+
+    def _announce(self, reply: wire.OrderReply, order: wire.Order) -> wire.OrderReply:
+        self._publish(f"order.{order.brain}", reply)
+        return reply
+
+    def _publish(self, topic: str, message: wire.Message) -> None:
+        self._events.send_multipart(wire.frames(topic, message))
+
+    # -- quotes and fills -------------------------------------------------------------------
+
+    def _on_quotes(self, parts: list[bytes]) -> None:
+        decoded = self.decode(parts)
+        if decoded is None:
+            return
+        _, message = decoded
+        if not isinstance(message, wire.Ticks):
+            self.reject("unexpected", f"{type(message).__name__} on the quote socket")
+            return
+        if message.instrument not in INSTRUMENTS:
+            self.reject("unknown_instrument", f"quotes for {message.instrument!r}")
+            return
+        try:
+            ticks = message.array()
+        except wire.WireError as exc:
+            self.reject("malformed", str(exc))
+            return
+        refused = self.broker.on_quotes(message.instrument, ticks)
+        if refused:
+            self.counters["quotes_refused"] += refused
+            self.reject("bad_quote", f"{refused} of {len(ticks)} {message.instrument} quotes")
+        self._drain()
+
+    def _drain(self) -> None:
+        """Journal and publish the broker's new fills, each exactly once."""
+        fills = self.broker.take_fills()
+        if not fills:
+            return
+        touched = set()
+        for fill in fills:
+            book = dataclasses.replace(self._books.get(fill.instrument, Book()))
+            book.apply(fill.units, fill.price, fill.commission)
+            if not self.journal.record_fill(fill, book, now_ns()):
+                self.reject("duplicate_fill", fill.client_id)
+                continue
+            self._books[fill.instrument] = book
+            self._brain_units[(fill.brain, fill.instrument)] += fill.units
+            self.counters["fills"] += 1
+            self._publish(f"fill.{fill.brain}", fill)
+            touched.add(fill.instrument)
+        for position in self.broker.positions():
+            if position.instrument in touched:
+                self._publish(f"position.{position.instrument}", position)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _command(self, command: wire.Command) -> wire.Reply:
+        handler = self._commands.get(command.name)
+        if handler is None:
+            self.reject("unknown_command", command.name)
+            error = str(UnknownNameError("trader command", command.name, self._commands))
+            return wire.Reply(False, error=error)
+        try:
+            return wire.Reply(True, data=handler(**command.args))
+        except TypeError as exc:
+            return wire.Reply(False, error=f"bad arguments for {command.name!r}: {exc}")
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "broker": self.config.trader.broker,
+            "halted": self.risk.halted,
+            "halt_reason": self.risk.halt_reason,
+            "account": self.broker.account(),
+            "open_orders": len(self.broker.pending()),
+            "orders_last_minute": self.risk.orders_last_minute(),
+            "limits": msgspec.to_builtins(self.risk.limits),
+            "counters": dict(self.counters),
+        }
+
+    def _halt(self, reason: str = "halted by command") -> dict[str, Any]:
+        self.risk.halt(reason)
+        self.journal.set_meta("halted", reason)  # a restart must not silently lift the halt
+        self.log.warning("trading halted: %s", reason)
+        return {"halted": True, "reason": reason}
+
+    def _resume(self) -> dict[str, Any]:
+        self.risk.resume()
+        self.journal.set_meta("halted", None)
+        self.log.warning("trading resumed")
+        return {"halted": False}
+
+    def _flatten(self, instrument: str | None = None) -> list[dict[str, Any]]:
+        """Close every brain's position in `instrument` (default all) with market orders (allowed
+        while halted, split to respect max_order); return one row per order sent or refused."""
+        held: dict[tuple[str, str], int] = dict(self._brain_units)
+        for order in self.broker.pending():
+            key = (order.brain, order.instrument)
+            held[key] = held.get(key, 0) + order.units
+        stamp, rows = now_ns(), []
+        largest = self.risk.limits.max_order
+        for (brain, held_instrument), units in sorted(held.items()):
+            if instrument not in (None, held_instrument):
+                continue
+            remaining, part = -units, 0
+            while remaining:
+                chunk = max(-largest, min(largest, remaining))
+                client_id = f"flatten-{stamp}-{brain}-{held_instrument}-{part}"
+                order = wire.Order(brain, held_instrument, chunk, client_id)
+                reply = self._execute(order, "flatten", None, flatten=True)
+                where = {"instrument": held_instrument, "brain": brain}
+                rows.append(msgspec.to_builtins(reply) | where)
+                if not reply.accepted:
+                    break
+                remaining, part = remaining - chunk, part + 1
+        self.log.warning("flatten sent %d orders", len(rows))
+        return rows
+
+    def _positions(self) -> list[dict[str, Any]]:
+        by_brain: dict[str, dict[str, int]] = collections.defaultdict(dict)
+        for (brain, instrument), units in self._brain_units.items():
+            if units:
+                by_brain[instrument][brain] = units
+        return [
+            msgspec.to_builtins(p) | {"brains": by_brain.get(p.instrument, {})}
+            for p in self.broker.positions()
+        ]

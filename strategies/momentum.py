@@ -1,0 +1,33 @@
+"""Momentum: time-series momentum."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from osm.strategies.base import Bars, IndicatorCache, Param, Strategy
+from osm.strategies.indicators import shift
+
+
+class Momentum(Strategy):
+    """Bet that the return of the last `lookback` bars continues (time-series momentum).
+
+    The idea (Moskowitz, Ooi and Pedersen, 2012): an asset's own past return predicts its next one.
+    The target is +1 when the mid close is more than `threshold` (a fraction, 0.001 = 0.1 %) above
+    the close `lookback` bars earlier, -1 when it is more than `threshold` below, 0 in between, and
+    NaN (flat) for the first `lookback` bars. The last target depends on the last ``lookback + 1``
+    bars only.
+    """
+
+    lookback = Param(120, low=5, high=1000, step=5, doc="bars over which the return is measured")
+    threshold = Param(0.0, low=0.0, high=0.02, step=0.001, doc="smallest return that is a signal")
+
+    @property
+    def warmup(self) -> int:
+        """Bars of history the last target depends on; a window this long reproduces it."""
+        return self.lookback + 1
+
+    def target(self, bars: Bars, ind: IndicatorCache) -> np.ndarray:
+        change = bars.close / ind(shift, bars.close, self.lookback) - 1.0
+        out = np.where(change > self.threshold, 1.0, np.where(change < -self.threshold, -1.0, 0.0))
+        out[np.isnan(change)] = np.nan
+        return out

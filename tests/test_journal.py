@@ -1,0 +1,100 @@
+"""The order journal: intents before sends, unique client ids, positions rebuilt from fills."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from osm.core import wire
+from osm.live.adapters import Book
+from osm.live.journal import Journal
+
+
+def order(cid: str, units: int = 1000, brain: str = "b", instrument: str = "EUR_USD"):
+    return wire.Order(brain, instrument, units, cid, 5)
+
+
+def fill(cid: str, units: int, price: float, brain: str = "b", instrument: str = "EUR_USD"):
+    return wire.Fill(cid, brain, instrument, units, price, 7, abs(units) * price * 1e-5)
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(tmp_path / "db" / "trader.sqlite", 10_000.0)
+    yield j
+    j.close()
+
+
+def test_wal_and_a_client_id_is_journaled_once(journal):
+    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert journal.record(order("a"), "order", "new", 1)
+    assert not journal.record(order("a", units=-5), "target", "new", 2, target=0)
+    row = journal.lookup("a")
+    assert (row["units"], row["kind"], row["status"], row["created_ns"]) == (
+        1000,
+        "order",
+        "new",
+        1,
+    )
+    with pytest.raises(sqlite3.IntegrityError):  # the schema itself refuses an unknown status
+        journal._db.execute("UPDATE orders SET status = 'maybe' WHERE client_id = 'a'")
+
+
+def test_fill_marks_the_order_and_a_repeated_fill_changes_nothing(journal):
+    journal.record(order("a"), "order", "new", 1)
+    journal.mark("a", "sent", 2)
+    assert [o.client_id for o in journal.open_orders()] == ["a"]
+    book = Book()
+    book.apply(1000, 1.1, 0.011)
+    assert journal.record_fill(fill("a", 1000, 1.1), book, 3)
+    assert not journal.record_fill(fill("a", 1000, 1.2), book, 4)
+    assert journal.lookup("a")["status"] == "filled" and journal.open_orders() == []
+    (f,) = journal.fills()
+    assert (f["units"], f["price"]) == (1000, 1.1)
+    with pytest.raises(sqlite3.IntegrityError):  # a fill must belong to a journaled order
+        journal.record_fill(fill("ghost", 1, 1.0), book, 5)
+
+
+def test_rebuild_replays_fills_into_positions_per_instrument_and_brain(tmp_path):
+    path = tmp_path / "t.sqlite"
+    journal = Journal(path, 10_000.0)
+    trades = [
+        ("a", "x", "EUR_USD", 10_000, 1.10), ("b", "y", "EUR_USD", -4_000, 1.12),
+        ("c", "x", "USD_JPY", 1_000, 110.0), ("d", "x", "EUR_USD", -10_000, 1.15),
+    ]  # fmt: skip
+    books: dict[str, Book] = {}
+    for cid, brain, instrument, units, price in trades:
+        journal.record(order(cid, units, brain, instrument), "order", "new", 1)
+        f = fill(cid, units, price, brain, instrument)
+        books.setdefault(instrument, Book()).apply(units, price, f.commission)
+        journal.record_fill(f, books[instrument], 2)
+    journal.record(order("open", 7, "x"), "order", "new", 3)
+    journal.record(order("no", 7, "x"), "order", "refused", 3, reason="max_order")
+    journal.close()
+
+    again = Journal(path, 99.0)  # a changed opening balance cannot rewrite the account
+    recovered = again.rebuild(9)
+    assert again.initial_balance == 10_000.0
+    assert recovered.books == books
+    assert dict(recovered.brain_units) == {
+        ("x", "EUR_USD"): 0, ("y", "EUR_USD"): -4_000, ("x", "USD_JPY"): 1_000,
+    }  # fmt: skip
+    eur = books["EUR_USD"]
+    assert eur.units == -4_000 and eur.realized == pytest.approx(4_000 * 0.02 + 6_000 * 0.05)
+    commission = sum(b.commission for b in books.values())
+    realized = sum(b.realized for b in books.values())
+    assert recovered.balance == pytest.approx(10_000.0 + realized - commission)
+    rows = {r[0]: r[1] for r in again._db.execute("SELECT instrument, units FROM positions")}
+    assert rows == {"EUR_USD": -4_000, "USD_JPY": 1_000}
+    assert [o.client_id for o in again.open_orders()] == ["open"]
+    assert [o["client_id"] for o in again.orders(status="refused")] == ["no"]
+    assert [o["client_id"] for o in again.orders(limit=2)] == ["no", "open"]
+    again.close()
+
+
+def test_meta_round_trips_and_deletes(journal):
+    journal.set_meta("halted", "drawdown")
+    assert journal.get_meta("halted") == "drawdown"
+    journal.set_meta("halted", None)
+    assert journal.get_meta("halted") is None

@@ -1,0 +1,350 @@
+"""The router: kernels against slow oracles, then real feeder and router processes on real sockets."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pandas as pd
+import pytest
+import zmq
+
+from osm.core import wire
+from osm.core.config import FeedConfig, RouterConfig, SystemConfig
+from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS, as_ticks
+from osm.core.granularity import NS, OANDA_ALIGNMENT, bar_open, step_ns
+from osm.live.aggregate import NO_BAR, REASONS, aggregate, opens_of, to_bars, validate
+from osm.live.feeds.replay import load_ticks
+from osm.live.store import read_bars
+from tests.conftest import TICKS_FILE, shared_file
+from tests.live_helpers import LiveSystem, started_ok, wait_for
+
+GRANULARITIES = ["S5", "M1", "M5", "H1"]
+
+
+# ---------------------------------------------------------------- kernels against oracles
+
+
+def oracle_bars(ticks: np.ndarray, granularity: str) -> np.ndarray:
+    """Bars of `ticks` by plain pandas grouping: every bar, the last one included."""
+    frame = pd.DataFrame(ticks)
+    frame["open"] = [bar_open(int(t), granularity) for t in frame["time"]]
+    grouped = frame.groupby("open", sort=True)
+    bars = np.zeros(grouped.ngroups, BAR_DTYPE)
+    bars["time"] = grouped.size().index
+    for side in ("bid", "ask"):
+        column = grouped[side]
+        bars[f"{side}_open"], bars[f"{side}_close"] = column.first(), column.last()
+        bars[f"{side}_high"], bars[f"{side}_low"] = column.max(), column.min()
+    bars["ticks"], bars["complete"] = grouped.size(), True
+    return bars
+
+
+def run_kernel(ticks: np.ndarray, granularities: list[str], batch: int) -> dict[str, np.ndarray]:
+    n = len(granularities)
+    f_time, f_px, f_n = np.full(n, NO_BAR, np.int64), np.zeros((n, 8)), np.zeros(n, np.int64)
+    out: dict[str, list[np.ndarray]] = {g: [] for g in granularities}
+    for start in range(0, len(ticks), batch):
+        chunk = ticks[start : start + batch]
+        t, b, a = (np.ascontiguousarray(chunk[f]) for f in ("time", "bid", "ask"))
+        opens = opens_of(t, granularities, OANDA_ALIGNMENT)
+        room = opens.size
+        c_gran, c_time, c_n = (np.empty(room, np.int64) for _ in range(3))
+        c_px = np.empty((room, 8))
+        k = aggregate(b, a, opens, f_time, f_px, f_n, c_gran, c_time, c_px, c_n)
+        closed = to_bars(c_time[:k], c_px[:k], c_n[:k], True)
+        for g, name in enumerate(granularities):
+            out[name].append(closed[c_gran[:k] == g])
+    for g, name in enumerate(granularities):  # the forming bar, to compare with the oracle's last
+        out[name].append(to_bars(f_time[g : g + 1], f_px[g : g + 1], f_n[g : g + 1], True))
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+@pytest.mark.parametrize("batch", [1, 7, 256, 100_000])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_aggregate_equals_pandas_oracle(seed: int, batch: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 5000
+    # Gaps from 0 (same instant) to hours, across a DST change and a month end (D bars move).
+    times = pd.Timestamp("2014-03-08T20:00Z").value + np.cumsum(
+        rng.choice([0, NS // 10, 3 * NS, 70 * NS, 4000 * NS], n, p=[0.1, 0.4, 0.3, 0.15, 0.05])
+    )
+    bid = np.round(1.3 + np.cumsum(rng.normal(0, 1e-4, n)), 5)
+    ticks = as_ticks(times, bid, bid + np.round(rng.uniform(1e-5, 5e-4, n), 5))
+    granularities = ["S5", "M1", "H4", "D", "W", "M"]
+    result = run_kernel(ticks, granularities, batch)
+    for name in granularities:
+        np.testing.assert_array_equal(result[name], oracle_bars(ticks, name), err_msg=name)
+
+
+def validate_oracle(ticks: np.ndarray) -> list[int]:
+    codes, last = [], (NO_BAR, np.nan, np.nan)
+    for t, b, a in ticks.tolist():
+        if not (np.isfinite(b) and np.isfinite(a)):
+            codes.append(REASONS.index("non_finite"))
+        elif b <= 0 or a <= 0:
+            codes.append(REASONS.index("non_positive"))
+        elif a < b:
+            codes.append(REASONS.index("crossed"))
+        elif t < last[0]:
+            codes.append(REASONS.index("out_of_order"))
+        elif (t, b, a) == last:
+            codes.append(REASONS.index("duplicate"))
+        else:
+            codes.append(0)
+            last = (t, b, a)
+    return codes
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_validate_equals_oracle(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 2000
+    times = np.cumsum(rng.integers(-3, 5, n)) + 10**18
+    choices = np.array([1.1, 1.1001, np.nan, np.inf, -1.0, 0.0, 1.2])
+    bid = rng.choice(choices, n, p=[0.4, 0.3, 0.05, 0.05, 0.05, 0.05, 0.1])
+    ask = rng.choice(choices, n, p=[0.3, 0.4, 0.05, 0.05, 0.05, 0.05, 0.1])
+    ticks = as_ticks(times, bid, ask)
+    codes = validate(
+        ticks["time"].copy(), ticks["bid"].copy(), ticks["ask"].copy(), NO_BAR, np.nan, np.nan
+    )
+    assert codes.tolist() == validate_oracle(ticks)
+    assert set(codes.tolist()) == set(range(len(REASONS)))  # the grid reaches every reason
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def replay_config(ticks_file: Path, speed: float) -> SystemConfig:
+    feed = FeedConfig(name="replay", kind="replay", file=str(ticks_file), speed=speed, batch=512)
+    # Frequent heartbeats let the fault test kill the processes when it means to, mid-replay.
+    return SystemConfig(
+        feeds=[feed], router=RouterConfig(granularities=GRANULARITIES), heartbeat_s=0.1
+    )
+
+
+def stored(home: Path) -> dict[str, np.ndarray]:
+    return {g: read_bars(home, "EUR_USD", g) for g in GRANULARITIES}
+
+
+def run_replay(home: Path, ticks_file: Path, faults: bool) -> dict[str, np.ndarray]:
+    """Replay the whole tick file through real processes; with faults, kill -9 both mid-way."""
+    # With faults, the 15 days are paced over ~9 s (other batches than the clean run's, too), so
+    # the kills land mid-replay.
+    system = LiveSystem(home, replay_config(ticks_file, speed=150_000 if faults else 0))
+    try:
+        system.start("router", "router")
+        started_ok(system, "router")
+        system.start("feeder", "replay")
+        if faults:
+            system.wait_counter("router", "ticks_applied", 100_000, 60)
+            system.kill("router", signal.SIGKILL)
+            after_kill = stored(home)
+            system.start("router", "router")
+            started_ok(system, "router")
+            system.wait_counter("replay", "acked", 300_000, 60)
+            system.kill("replay", signal.SIGKILL)
+            system.start("feeder", "replay")
+        feeder = system.wait_counter("replay", "finished", 1, 90)
+        if faults:  # the restarted processes had work left: the kills were mid-replay
+            assert feeder["ticks_sent"] > 0
+            assert system.wait_counter("router", "ticks_applied", 1, 10)["ticks_applied"] < 400_000
+        assert system.kill("router", signal.SIGTERM) == 0
+        bars = stored(home)
+        if faults:
+            # What the killed router had journaled is a prefix of the final store, and not empty.
+            assert len(after_kill["M1"]) > 1000
+            for g in GRANULARITIES:
+                np.testing.assert_array_equal(after_kill[g], bars[g][: len(after_kill[g])])
+        return bars
+    finally:
+        system.close()
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, ticks_file: Path) -> dict[str, np.ndarray]:
+    return run_replay(tmp_path_factory.mktemp("osm"), ticks_file, faults=False)
+
+
+@pytest.fixture(scope="module")
+def ticks_file() -> Path:
+    return shared_file(TICKS_FILE)
+
+
+def read_m1(m1_file: Path) -> pd.DataFrame:
+    frame = pd.read_csv(m1_file)
+    stamps = pd.to_datetime(frame["time_utc"], utc=True, format="ISO8601")
+    frame["time"] = stamps.dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
+    return frame[stamps < pd.Timestamp("2014-06-01", tz="UTC")].reset_index(drop=True)
+
+
+def resample(m1: pd.DataFrame, step_s: int) -> pd.DataFrame:
+    grouped = m1.groupby(m1["time"] - m1["time"] % (step_s * NS), sort=True)
+    out = pd.DataFrame({"time": grouped.size().index})
+    for side in ("bid", "ask"):
+        out[f"{side}_open"] = grouped[f"{side}_open"].first().to_numpy()
+        out[f"{side}_high"] = grouped[f"{side}_high"].max().to_numpy()
+        out[f"{side}_low"] = grouped[f"{side}_low"].min().to_numpy()
+        out[f"{side}_close"] = grouped[f"{side}_close"].last().to_numpy()
+    return out
+
+
+def assert_same_prices(bars: np.ndarray, expected: pd.DataFrame, name: str) -> None:
+    # Every bar but the last one, which is still forming when the replay ends.
+    expected = expected.iloc[:-1]
+    np.testing.assert_array_equal(bars["time"], expected["time"].to_numpy(), err_msg=name)
+    for field in PRICE_FIELDS:
+        np.testing.assert_array_equal(
+            bars[field], expected[field].to_numpy(), err_msg=f"{name} {field}"
+        )
+    assert bars["complete"].all()
+
+
+def test_replayed_ticks_rebuild_oanda_bars(clean_run, ticks_file: Path, m1_file: Path) -> None:
+    m1 = read_m1(m1_file)
+    assert len(clean_run["M1"]) == len(m1) - 1 > 15_000
+    assert_same_prices(clean_run["M1"], m1, "M1")
+    assert_same_prices(clean_run["M5"], resample(m1, 300), "M5")
+    assert_same_prices(clean_run["H1"], resample(m1, 3600), "H1")
+    # Every tick before a series' forming bar is in exactly one of its closed bars, but exact
+    # repeats of the tick before (dropped as duplicates: they change no price).
+    ticks = load_ticks(ticks_file)
+    for g in GRANULARITIES:
+        used = ticks[ticks["time"] < clean_run[g]["time"][-1] + step_ns(g)]
+        repeats = int((used[1:] == used[:-1]).sum())
+        assert repeats == 1
+        assert clean_run[g]["ticks"].sum() == len(used) - repeats, g
+
+
+def test_kill_9_of_router_and_feeder_loses_and_duplicates_nothing(
+    clean_run, ticks_file, home
+) -> None:
+    faulty = run_replay(home, ticks_file, faults=True)
+    for g in GRANULARITIES:
+        assert np.unique(faulty[g]["time"]).size == len(faulty[g])
+        np.testing.assert_array_equal(faulty[g], clean_run[g], err_msg=g)
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+class Batches:
+    """Ticks batches of one feed with positions as seq."""
+
+    def __init__(self, feed: str) -> None:
+        self.feed, self.position = feed, 0
+
+    def next(self, instrument: str, ticks: np.ndarray) -> list[bytes]:
+        self.position += len(ticks)
+        return wire.frames("ticks", wire.Ticks.of(instrument, ticks, self.feed, self.position))
+
+
+def test_hostile_input_is_counted_and_valid_ticks_survive(home: Path) -> None:
+    config = SystemConfig(
+        feeds=[FeedConfig(name="f", instruments=["EUR_USD"])],
+        router=RouterConfig(granularities=["S5", "M1"]),
+    )
+    system = LiveSystem(home, config)
+    try:
+        system.start("router", "router")
+        started_ok(system, "router")
+        dealer = system.socket(zmq.DEALER, "router_ticks")
+        rng = np.random.default_rng(3)
+        t0 = pd.Timestamp("2024-01-08T10:00Z").value
+        valid = as_ticks(
+            t0 + np.cumsum(rng.integers(1, 3 * NS, 3000)),
+            np.round(1.1 + np.cumsum(rng.normal(0, 1e-5, 3000)), 5),
+            np.zeros(3000),
+        )
+        valid["ask"] = valid["bid"] + 0.0001
+        good = wire.Ticks.of("EUR_USD", valid[:10], "f", 10)
+        payload = wire.encode(good)
+        wrong_version = msgspec.msgpack.encode({**msgspec.to_builtins(good), "type": "ticks.v0"})
+        malformed = [
+            [rng.bytes(50)],
+            [rng.bytes(10), rng.bytes(20), rng.bytes(30)],
+            [b"ticks", rng.bytes(100)],
+            [b"ticks", payload[: len(payload) // 2]],
+            [b"ticks", wrong_version],
+            [b"ticks", wire.encode(wire.Ticks("EUR_USD", 5, valid[:3].tobytes(), "f", 5))],
+            [b"", b""],
+        ]
+        for frames in malformed:
+            dealer.send_multipart(frames)
+        dealer.send_multipart(wire.frames("ticks", wire.Ack("f", 1)))
+
+        batches = Batches("f")
+        expected = {
+            "non_finite": 0,
+            "non_positive": 0,
+            "crossed": 0,
+            "out_of_order": 0,
+            "duplicate": 0,
+        }
+        sent_valid = 0
+        for start in range(0, 3000, 100):
+            chunk = valid[start : start + 100]
+            bad = chunk[:5].copy()
+            bad["bid"][0], bad["ask"][1] = np.nan, np.inf  # non-finite
+            bad["bid"][2] = -bad["bid"][2]  # non-positive
+            bad["ask"][3] = bad["bid"][3] - 0.0002  # crossed
+            bad["time"][4] = t0 - NS  # before every accepted tick
+            mixed = np.concatenate([chunk[:50], bad[:4], bad[4:5], chunk[49:50], chunk[50:]])
+            for name in ("non_finite", "non_positive", "crossed", "out_of_order", "duplicate"):
+                expected[name] += {"non_finite": 2, "non_positive": 1}.get(name, 1)
+            frames = batches.next("EUR_USD", mixed)
+            dealer.send_multipart(frames)
+            if start == 1000:
+                dealer.send_multipart(frames)  # a resend: dropped whole
+                gap = Batches("f")
+                gap.position = batches.position + 10
+                dealer.send_multipart(gap.next("EUR_USD", chunk[:5]))  # beyond the position
+            sent_valid += len(chunk)
+        dealer.send_multipart(batches.next("XXX_YYY", valid[:7]))
+        dealer.send_multipart(batches.next("GBP_USD", valid[:3]))
+        # A tick in a later minute closes every bar that holds the valid ticks.
+        closing = as_ticks([valid["time"][-1] + 120 * NS], [1.2], [1.2001])
+        dealer.send_multipart(batches.next("EUR_USD", closing))
+
+        def acked() -> bool:
+            while dealer.poll(0):
+                _, ack = wire.parse(dealer.recv_multipart())
+                if ack == wire.Ack("f", batches.position):
+                    return True
+            return False
+
+        wait_for(acked, 30, f"ack of position {batches.position}")
+        counters = wait_for(
+            lambda: (
+                (c := system.counters("router")).get("ticks_applied", 0) == sent_valid + 1 and c
+            ),
+            30,
+            "router heartbeat with every valid tick applied",
+        )
+        for reason, count in expected.items():
+            assert counters[f"rejected.{reason}"] == count, reason
+        assert counters["rejected.malformed"] == len(malformed)
+        assert counters["rejected.unexpected_message"] == 1
+        assert counters["rejected.unknown_instrument"] == 10
+        assert counters["batches_duplicate"] == 1
+        assert counters["batches_gap"] == 1
+        assert counters.get("errors", 0) == 0
+
+        history = system.socket(zmq.DEALER, "router_history")
+        for granularity in ("S5", "M1"):
+            history.send_multipart(
+                wire.frames("history", wire.HistoryRequest("EUR_USD", granularity, 10_000))
+            )
+            assert history.poll(10_000), "no history reply"
+            topic, reply = wire.parse(history.recv_multipart())
+            assert topic == f"history.EUR_USD.{granularity}"
+            np.testing.assert_array_equal(reply.array(), oracle_bars(valid, granularity))
+        history.send_multipart(wire.frames("history", wire.HistoryRequest("EUR_USD", "H4", 1)))
+        assert history.poll(10_000)
+        topic, reply = wire.parse(history.recv_multipart())
+        assert topic == "error" and "H4" in reply.error and not reply.ok
+        system.alive("router")
+    finally:
+        system.close()

@@ -1,0 +1,142 @@
+"""The whole system under faults: kill -9 of the router, then of the trader, during a replay loses
+no closed bar, stores none twice, and journals every order exactly once, the same as a run
+without faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from osm.core.config import FeedConfig
+from osm.core.dtypes import TICK_DTYPE
+from osm.live.feeds import open_source
+from osm.live.store import read_bars
+from tests.conftest import TICKS_FILE
+from tests.system_helpers import osm, process, running_system, status, wait_for, write_config
+
+TICKS = 12_000  # about ten hours of May 2014 EUR_USD
+SPEED = 2_000.0  # market seconds per second: the replay lasts about twenty seconds
+HEAD_START_S = 30 * 3600  # a lone first tick this far ahead: the brain is warm before bars close
+GRANULARITIES = ["M1", "M5"]
+ORDER_COLUMNS = "client_id, brain, instrument, kind, target, units, status"
+
+
+@pytest.fixture
+def system(home):
+    yield from running_system(home)
+
+
+@pytest.fixture
+def clean_system(tmp_path_factory):
+    """A second run directory and system, for the run without faults."""
+    home = Path(tmp_path_factory.mktemp("osm", numbered=True))
+    for up in running_system(home):
+        yield home, up
+
+
+@pytest.fixture(scope="module")
+def replay_file(tmp_path_factory) -> Path:
+    """The first TICKS of the shared tick file (or synthetic ticks on a fresh clone), after a lone
+    tick HEAD_START_S earlier, as a CSV of int64 ns times."""
+    if TICKS_FILE.exists():
+        frame = pd.read_csv(TICKS_FILE, nrows=TICKS)
+        ticks = np.zeros(len(frame), TICK_DTYPE)
+        ticks["time"] = pd.to_datetime(frame["time_utc"], utc=True).astype("int64")
+        ticks["bid"], ticks["ask"] = frame["bid"], frame["ask"]
+    else:
+        source = open_source(FeedConfig(start="2024-03-05T08:00:00Z"))
+        parts, count = [], 0
+        while count < TICKS:
+            parts.append(source.read(TICKS - count)[1])
+            count += len(parts[-1])
+        ticks = np.concatenate(parts)
+    lone = ticks[:1].copy()
+    lone["time"] -= HEAD_START_S * 10**9
+    ticks = np.concatenate([lone, ticks])
+    path = tmp_path_factory.mktemp("replay") / "ticks.csv"
+    pd.DataFrame({n: ticks[n] for n in TICK_DTYPE.names}).to_csv(path, index=False)
+    return path
+
+
+def run_replay(home: Path, replay_file: Path, system, faults: list[str]) -> dict:
+    """Replay the file with a brain trading it, kill -9 each of `faults` in turn during the replay,
+    wait until every bar is decided, stop the system and return what it stored and journaled."""
+    config = write_config(
+        home,
+        feeds=[{"name": "replay", "kind": "replay", "file": str(replay_file), "speed": SPEED}],
+        router={"granularities": GRANULARITIES},
+        trader={"risk": {"max_orders_per_minute": 1_000_000}},  # the replay runs 2000x
+        brains=[
+            {
+                "name": "sma",
+                "strategy": "osm.strategies.sma_cross:SmaCross",
+                "params": {"fast": 3, "slow": 8},
+                "granularity": "M1",
+            }
+        ],
+    )
+    system("--config", str(config))
+
+    def sent() -> int:
+        return process(home, "replay")["counters"].get("ticks_sent", 0)
+
+    for i, name in enumerate(faults, start=1):
+        wait_for(f"{i}/{len(faults) + 1} of the replay", lambda i=i: sent() >= TICKS * i // 3)
+        victim = process(home, name)
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(
+            f"{name} restarted",
+            lambda n=name, v=victim: (
+                (p := process(home, n))["state"] == "running" and p["pid"] != v["pid"]
+            ),
+        )
+    wait_for(
+        "the end of the replay",
+        lambda: process(home, "replay")["counters"].get("finished"),
+        timeout=180,
+    )
+    db = home / "db" / "trader.sqlite"
+
+    def decided_last_bar() -> bool:
+        last = read_bars(home, "EUR_USD", "M1")["time"][-1]
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            row = con.execute("SELECT 1 FROM orders WHERE client_id = ?", (f"sma-{last}",))
+            return row.fetchone() is not None
+
+    wait_for("the brain's decision on the last closed bar", decided_last_bar)
+    restarts = {p["name"]: p["restarts"] for p in status(home)["processes"]}
+    assert osm(home, "down").returncode == 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        orders = con.execute(f"SELECT {ORDER_COLUMNS} FROM orders ORDER BY client_id").fetchall()
+    stored = {}
+    for g in GRANULARITIES:
+        folder = home / "store" / "bars" / "instrument=EUR_USD" / f"granularity={g}"
+        times = [pq.read_table(p, columns=["time"])["time"] for p in folder.glob("*/*.parquet")]
+        raw = np.concatenate([t.to_numpy().astype("int64") for t in times])
+        assert len(np.unique(raw)) == len(raw), f"a {g} bar is stored twice"
+        stored[g] = read_bars(home, "EUR_USD", g)
+        assert len(stored[g]) == len(raw)
+    return {"bars": stored, "orders": orders, "restarts": restarts}
+
+
+def test_kill_9_of_router_and_trader_during_a_replay_loses_and_repeats_nothing(
+    home, replay_file, system, clean_system
+):
+    clean = run_replay(clean_system[0], replay_file, clean_system[1], faults=[])
+    faulty = run_replay(home, replay_file, system, faults=["router", "trader"])
+
+    assert clean["restarts"] == {"router": 0, "trader": 0, "replay": 0, "sma": 0}
+    assert faulty["restarts"]["router"] == 1 and faulty["restarts"]["trader"] == 1
+    for g in GRANULARITIES:
+        assert len(clean["bars"][g]) > 100
+        np.testing.assert_array_equal(faulty["bars"][g], clean["bars"][g], err_msg=g)
+    assert [o[0] for o in faulty["orders"]] == [o[0] for o in clean["orders"]]
+    assert faulty["orders"] == clean["orders"]
+    assert sum(1 for o in clean["orders"] if o[6] == "filled") >= 5

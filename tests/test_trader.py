@@ -1,0 +1,317 @@
+"""The trader as a real process: orders fill, risk refuses, garbage is counted, kill -9 is survived.
+
+The test stands in for the router: it binds an XPUB at ``router_bars`` (an XPUB shows when the
+trader's subscription has arrived, so no tick is published into the void) and feeds quotes.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+import numpy as np
+import pytest
+import zmq
+
+from osm.core import wire
+from osm.core.config import RiskLimits, SystemConfig, TraderConfig
+from osm.core.dtypes import as_ticks
+from tests.live_helpers import LiveSystem, wait_for
+
+S = 1_000_000_000
+T0 = 1_400_000_000 * S
+TIMEOUT = 30.0
+
+
+class TraderHarness:
+    """A trader process, the test's quote publisher, a request socket and an event subscriber."""
+
+    def __init__(self, home, risk: RiskLimits, commission: float = 2e-5) -> None:
+        trader = TraderConfig(commission=commission, balance=100_000.0, risk=risk)
+        self.system = LiveSystem(home, SystemConfig(feeds=[], trader=trader))
+        self.quotes = self.system.bind(zmq.XPUB, "router_bars")
+        self.quotes.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.requests = self.system.socket(zmq.DEALER, "trader_orders")
+        self.events = self.system.socket(zmq.SUB, "trader_events")
+        self.events.setsockopt(zmq.SUBSCRIBE, b"")
+        self.journal_path = self.system.rundir.home / "db" / "trader.sqlite"
+
+    def start(self) -> None:
+        self.system.start("trader", "trader")
+        # The trader is up once it answers and its quote subscription has reached us.
+        assert self.command("status")["name"] == "trader"
+        wait_for(self._subscribed, TIMEOUT, "the trader's tick subscription")
+
+    def _subscribed(self) -> bool:
+        self.system.alive("trader")
+        while self.quotes.poll(50):
+            if self.quotes.recv() == b"\x01tick.":
+                return True
+        return False
+
+    def kill(self) -> None:
+        self.system.kill("trader")
+
+    def request(self, message: wire.Message) -> wire.AnyMessage:
+        self.requests.send_multipart(wire.frames("request", message))
+        return self.reply()
+
+    def reply(self) -> wire.AnyMessage:
+        wait_for(lambda: self.system.alive("trader") or self.requests.poll(50), TIMEOUT, "a reply")
+        return wire.parse(self.requests.recv_multipart())[1]
+
+    def command(self, name: str, **args) -> object:
+        reply = self.request(wire.Command(name, args))
+        assert isinstance(reply, wire.Reply) and reply.ok, reply
+        return reply.data
+
+    def order(
+        self, units: int, cid: str, after_ns: int = 0, instrument: str = "EUR_USD", brain="b1"
+    ) -> wire.OrderReply:
+        reply = self.request(wire.Order(brain, instrument, units, cid, after_ns))
+        assert isinstance(reply, wire.OrderReply) and reply.client_id == cid
+        return reply
+
+    def tick(self, t_ns: int, bid: float, ask: float, instrument: str = "EUR_USD") -> None:
+        ticks = as_ticks(np.array([t_ns]), np.array([bid]), np.array([ask]))
+        self.quotes.send_multipart(
+            wire.frames(f"tick.{instrument}", wire.Ticks.of(instrument, ticks))
+        )
+
+    def event(self, prefix: str) -> wire.AnyMessage:
+        """The next event whose topic starts with `prefix` (others are skipped)."""
+        while True:
+            wait_for(lambda: self.events.poll(50), TIMEOUT, f"a {prefix} event")
+            topic, message = wire.parse(self.events.recv_multipart())
+            if topic.startswith(prefix):
+                return message
+
+    def counters(self) -> dict[str, int]:
+        return self.command("status")["counters"]
+
+    def journal(self) -> tuple[list, list, list]:
+        with sqlite3.connect(self.journal_path) as db:
+            orders = db.execute(
+                "SELECT client_id, brain, instrument, kind, target, units, after_ns, status"
+                " FROM orders ORDER BY client_id"
+            ).fetchall()
+            fills = db.execute(
+                "SELECT client_id, brain, instrument, units, price, commission, time_ns"
+                " FROM fills ORDER BY client_id"
+            ).fetchall()
+            positions = db.execute(
+                "SELECT instrument, units, average_price, realized, commission FROM positions"
+                " ORDER BY instrument"
+            ).fetchall()
+        return orders, fills, positions
+
+    def close(self) -> None:
+        self.system.close()
+
+
+LIMITS = RiskLimits(max_position=100_000, max_order=50_000, max_orders_per_minute=1000)
+
+
+@pytest.fixture
+def trader(home):
+    harness = TraderHarness(home, LIMITS)
+    try:
+        harness.start()
+        yield harness
+    finally:
+        harness.close()
+
+
+def test_orders_and_targets_fill_at_the_next_quote_and_are_published(trader):
+    reply = trader.order(10_000, "o1", after_ns=T0 + 2 * S)
+    assert (reply.accepted, reply.units) == (True, 10_000)
+    assert trader.event("order.b1") == reply
+    trader.tick(T0 + 1 * S, 1.1000, 1.1002)  # before after_ns: not this one
+    trader.tick(T0 + 2 * S, 1.1010, 1.1012)
+    fill = trader.event("fill.b1")
+    assert (fill.client_id, fill.units, fill.time_ns) == ("o1", 10_000, T0 + 2 * S)
+    assert fill.price == 1.1012 and fill.commission == pytest.approx(10_000 * 1.1012 * 2e-5)
+    position = trader.event("position.EUR_USD")
+    assert (position.units, position.average_price) == (10_000, 1.1012)
+
+    # A target asks for a position: the trader sends the difference from what b1 holds.
+    reply = trader.request(wire.Target("b1", "EUR_USD", -5_000, "t1", T0 + 3 * S))
+    assert (reply.accepted, reply.units) == (True, -15_000)
+    trader.tick(T0 + 3 * S, 1.1030, 1.1032)
+    fill = trader.event("fill.b1")
+    assert (fill.units, fill.price) == (-15_000, 1.1030)
+    reply = trader.request(wire.Target("b1", "EUR_USD", -5_000, "t2", T0 + 4 * S))
+    assert (reply.accepted, reply.units) == (True, 0)  # already there: nothing to send
+
+    (position,) = trader.command("positions")
+    assert (position["units"], position["average_price"]) == (-5_000, 1.1030)
+    assert position["realized"] == pytest.approx(10_000 * (1.1030 - 1.1012))
+    assert position["unrealized"] == pytest.approx(-5_000 * (1.1032 - 1.1030))
+    assert position["brains"] == {"b1": -5_000}
+    account = trader.command("status")["account"]
+    paid = 10_000 * 1.1012 * 2e-5 + 15_000 * 1.1030 * 2e-5
+    assert account["balance"] == pytest.approx(100_000 + 10_000 * (1.1030 - 1.1012) - paid)
+    orders = {o["client_id"]: o["status"] for o in trader.command("orders")}
+    assert orders == {"o1": "filled", "t1": "filled", "t2": "noop"}
+    assert [f["client_id"] for f in trader.command("fills")] == ["t1", "o1"]
+
+
+def test_refusals_say_why_are_counted_and_the_trader_carries_on(trader):
+    big = trader.order(50_001, "big")
+    assert not big.accepted and "max_order 50000" in big.reason
+    assert "trader.risk.max_order" in big.reason
+    odd = trader.order(1_000, "odd", instrument="EUR_USDX")
+    assert not odd.accepted and "unknown instrument 'EUR_USDX'" in odd.reason
+    assert "Did you mean 'EUR_USD'" in odd.reason
+    assert trader.order(50_000, "a").accepted and trader.order(50_000, "b").accepted
+    over = trader.order(1, "c")  # pending orders count toward the position
+    assert not over.accepted and "max_position" in over.reason
+    dup = trader.order(-1, "a")
+    assert not dup.accepted and "already journaled" in dup.reason
+    assert trader.order(-10_000, "d").accepted  # still trading
+    counters = trader.counters()
+    assert counters["rejected.max_order"] == 1 and counters["rejected.unknown_instrument"] == 1
+    assert counters["rejected.max_position"] == 1 and counters["rejected.duplicate"] == 1
+    assert counters["orders_sent"] == 3
+    statuses = {o["client_id"]: o["status"] for o in trader.command("orders")}
+    assert statuses == {
+        "big": "refused", "odd": "refused", "a": "sent", "b": "sent", "c": "refused", "d": "sent",
+    }  # fmt: skip
+    bad = trader.request(wire.Command("halts"))
+    assert not bad.ok and "Did you mean 'halt'" in bad.error
+
+
+def test_halt_refuses_flatten_closes_and_a_restart_keeps_the_halt(trader):
+    assert trader.order(20_000, "x1", brain="x").accepted
+    assert trader.order(-7_000, "y1", brain="y", instrument="USD_JPY").accepted
+    trader.tick(T0, 1.2000, 1.2002)
+    trader.tick(T0, 110.00, 110.02, instrument="USD_JPY")
+    trader.event("fill.x"), trader.event("fill.y")
+    assert trader.command("halt", reason="test drawdown") == {
+        "halted": True, "reason": "test drawdown",
+    }  # fmt: skip
+    refused = trader.order(1_000, "x2", brain="x")
+    assert not refused.accepted and "halted (test drawdown)" in refused.reason
+
+    trader.kill()
+    trader.start()
+    status = trader.command("status")
+    assert status["halted"] and status["halt_reason"] == "test drawdown"
+    assert {p["instrument"]: p["units"] for p in trader.command("positions")} == {
+        "EUR_USD": 20_000, "USD_JPY": -7_000,
+    }  # fmt: skip
+
+    rows = trader.command("flatten")
+    assert [(r["brain"], r["instrument"], r["units"], r["accepted"]) for r in rows] == [
+        ("x", "EUR_USD", -20_000, True), ("y", "USD_JPY", 7_000, True),
+    ]  # fmt: skip
+    trader.tick(T0 + S, 1.2010, 1.2012)
+    trader.tick(T0 + S, 110.10, 110.12, instrument="USD_JPY")
+    wait_for(lambda: all(p["units"] == 0 for p in trader.command("positions")), TIMEOUT, "flat")
+    kinds = {o["client_id"]: o["kind"] for o in trader.command("orders", status="filled")}
+    assert sorted(kinds.values()) == ["flatten", "flatten", "order", "order"]
+    assert trader.command("resume") == {"halted": False}
+    assert trader.order(1_000, "x3", brain="x").accepted
+
+
+def test_max_orders_per_minute(home):
+    harness = TraderHarness(home, RiskLimits(max_orders_per_minute=5))
+    try:
+        harness.start()
+        replies = [harness.order(1_000, f"r{i}") for i in range(7)]
+        assert [r.accepted for r in replies] == [True] * 5 + [False] * 2
+        assert "max_orders_per_minute" in replies[5].reason
+        assert harness.counters()["rejected.rate"] == 2
+        (row,) = harness.command("flatten")  # flattening is not rate-limited
+        assert (row["units"], row["accepted"]) == (-5_000, True)
+    finally:
+        harness.close()
+
+
+def test_garbage_frames_are_counted_answered_and_survived(trader):
+    rng = random.Random(5)
+    garbage = [
+        [rng.randbytes(rng.randint(1, 40)) for _ in range(rng.randint(1, 4))] for _ in range(30)
+    ]
+    for parts in garbage:
+        trader.requests.send_multipart(parts)
+    for _ in garbage:
+        reply = trader.reply()
+        assert isinstance(reply, wire.Reply) and not reply.ok and "malformed" in reply.error
+    heartbeat = wire.Heartbeat("x", 1, 2, 3)
+    assert not trader.request(heartbeat).ok  # decodes, but is not for the trader
+    trader.quotes.send_multipart([b"tick.EUR_USD", b"\x00junk"])
+    trader.quotes.send_multipart([b"tick.EUR_USD"])
+    bad = wire.Ticks("EUR_USD", 3, b"\x00" * 5)  # says 3 rows, carries 5 bytes
+    trader.quotes.send_multipart(wire.frames("tick.EUR_USD", bad))
+    crossed = wire.Ticks.of("EUR_USD", as_ticks(np.array([T0]), np.array([1.2]), np.array([1.1])))
+    trader.quotes.send_multipart(wire.frames("tick.EUR_USD", crossed))
+    wait_for(lambda: trader.counters().get("rejected.bad_quote") == 1, TIMEOUT, "bad quote")
+    counters = trader.counters()
+    assert counters["rejected.malformed"] == len(garbage) + 3
+    assert counters["rejected.unexpected"] == 1 and counters["quotes_refused"] == 1
+    assert trader.order(1_000, "fine").accepted
+
+
+def run_stream(harness: TraderHarness, n: int, kills: tuple[int, int] | None) -> tuple:
+    """Send `n` orders and targets in a burst, then quotes; kill -9 the trader after `kills[0]`
+    replies and after `kills[1]` fills, restarting it and resending everything (as a restarted
+    brain and router would) each time. Return the journal."""
+    rng = random.Random(11)
+    messages = []
+    for k in range(n):
+        brain, after = rng.choice(["b1", "b2"]), T0 + (k + 1) * S
+        if k % 3 == 0:
+            units = rng.choice([-20_000, -10_000, 0, 10_000, 20_000])
+            messages.append(wire.Target(brain, "EUR_USD", units, f"{brain}-t{k:03}", after))
+        else:
+            units = rng.choice([-3_000, -1_000, 1_000, 3_000])
+            messages.append(wire.Order(brain, "EUR_USD", units, f"{brain}-o{k:03}", after))
+    prices = [1.3 + 0.0001 * rng.randint(-50, 50) for _ in range(n + 1)]
+
+    harness.start()
+
+    def send_all(stop_after: int | None) -> None:
+        for message in messages:
+            harness.requests.send_multipart(wire.frames("request", message))
+        for _ in range(n if stop_after is None else stop_after):
+            reply = harness.reply()
+            assert reply.accepted or "already journaled" in reply.reason, reply
+        if stop_after is not None:
+            harness.kill()  # the trader is still working through the rest of the burst
+            harness.requests.close(linger=0)  # replies to the dead trader's requests are moot
+            harness.requests = harness.system.socket(zmq.DEALER, "trader_orders")
+            harness.start()
+            send_all(None)
+
+    def send_quotes(stop_after: int | None) -> None:
+        for k, price in enumerate(prices):
+            harness.tick(T0 + k * S + S // 2, price, price + 0.0002)
+            harness.tick(T0 + (k + 1) * S, price, price + 0.0002)
+        if stop_after is not None:
+            for _ in range(stop_after):
+                harness.event("fill.")
+            harness.kill()
+            harness.start()
+            send_quotes(None)
+
+    send_all(kills[0] if kills else None)
+    send_quotes(kills[1] if kills else None)
+    wait_for(lambda: not harness.command("status")["open_orders"], TIMEOUT, "every order filled")
+    return harness.journal()
+
+
+def test_kill_minus_9_mid_stream_leaves_every_order_journaled_exactly_once(tmp_path_factory):
+    n = 45
+    runs = {}
+    for name, kills in (("clean", None), ("killed", (17, 9))):
+        harness = TraderHarness(tmp_path_factory.mktemp(name), LIMITS)
+        try:
+            runs[name] = run_stream(harness, n, kills)
+        finally:
+            harness.close()
+    orders, fills, positions = runs["clean"]
+    assert len(orders) == n and len({o[0] for o in orders}) == n
+    assert {o[7] for o in orders} <= {"filled", "noop"}
+    assert len(fills) == sum(o[7] == "filled" for o in orders) > n // 2
+    assert runs["killed"] == (orders, fills, positions)
