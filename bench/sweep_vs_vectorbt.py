@@ -100,7 +100,8 @@ def _vbt_grid(vbt, bars: np.ndarray, fast: list[int], slow: list[int]):
     long = fast_ma.ma_above(slow_ma).vbt.fshift(1, fill_value=False)
     short = fast_ma.ma_below(slow_ma).vbt.fshift(1, fill_value=False)
     # A buy (entering long) fills at the ask open, a sell (entering short) at the bid open.
-    price = np.where(long.to_numpy(), bars["ask_open"][:, None], bars["bid_open"][:, None])
+    held_long = long.to_numpy().reshape(len(bars), -1)  # one column stays 2-D: no n x n broadcast
+    price = np.where(held_long, bars["ask_open"][:, None], bars["bid_open"][:, None])
     portfolio = vbt.Portfolio.from_signals(
         close, entries=long, short_entries=short, price=price, size=SIZE, size_type="amount",
         direction="both", upon_opposite_entry="reverse", fees=COMMISSION, init_cash=CASH,

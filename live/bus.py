@@ -22,8 +22,8 @@ from osm.core.rundir import RunDir
 ENDPOINT_NAMES = (
     "supervisor_control",  # REP: commands to the supervisor
     "telemetry",  # PULL at the supervisor: heartbeats and counters of every process
-    "router_ticks",  # PULL at the router: ticks from feeders
-    "router_bars",  # PUB at the router: bar.*, bar_partial.*, quote.*
+    "router_ticks",  # ROUTER at the router: tick batches from feeders (DEALER), acknowledged
+    "router_bars",  # PUB at the router: bar.*, bar_partial.*, tick.*
     "router_history",  # ROUTER at the router: history requests
     "trader_orders",  # ROUTER at the trader: orders, targets, commands
     "trader_events",  # PUB at the trader: fill.*, position.*, order.*

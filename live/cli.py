@@ -11,6 +11,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -368,9 +369,9 @@ def cmd_demo(home: Path | None, args: argparse.Namespace) -> int:
         f"osm demo: a synthetic EUR_USD market at {DEMO_SPEED:g}x real time, SmaCross(fast=3, "
         f"slow=8) trading M1 bars on the paper broker; run directory {rundir.home}"
     )
-    supervisor.up(rundir, demo_config(), timeout_s=UP_TIMEOUT_S)
     bars = 0
     try:
+        supervisor.up(rundir, demo_config(), timeout_s=UP_TIMEOUT_S)
         bars = watch_demo(rundir.home, args.seconds)
     finally:
         supervisor.down(rundir)
@@ -505,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `osm status | head`: the reader left; silence the flush at exit, which would fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -91,12 +91,30 @@ class Feeder(Service):
         if not isinstance(message, wire.Ack) or message.feed != self.name:
             self.reject("unexpected_message", f"{type(message).__name__} on the ticks socket")
             return
+        while self._unacked and self._unacked[0][0] <= message.seq:
+            self._unacked.popleft()
+        if message.seq > self._position:
+            # The router has more of this feed than we sent since our restart (our saved position
+            # lagged its acknowledgements): skip what it has instead of sending duplicates.
+            self._skip(message.seq - self._position)
         if message.seq > self._acked:
-            while self._unacked and self._unacked[0][0] <= message.seq:
-                self._unacked.popleft()
             self._acked = message.seq
             self._last_progress = time.monotonic()
             self.counters["acked"] = self._acked
+
+    def _skip(self, count: int) -> None:
+        self.counters["ticks_skipped"] += count
+        while count > 0:
+            if self._held is None:
+                self._held = self.source.read(count)
+                if self._held is None:
+                    self._exhausted = True
+                    return
+            instrument, rows = self._held
+            taken = min(count, len(rows))
+            self._held = (instrument, rows[taken:]) if taken < len(rows) else None
+            self._position += taken
+            count -= taken
 
     def idle(self) -> None:
         now = time.monotonic()

@@ -97,6 +97,7 @@ class Service:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        parent = os.getppid()
         self.setup()
         self._running = True
         self.log.info("%s %s started (pid %d)", self.role, self.name, os.getpid())
@@ -120,6 +121,10 @@ class Service:
                 if time.monotonic() >= self._next_heartbeat:
                     self._next_heartbeat = time.monotonic() + self.config.heartbeat_s
                     self.heartbeat()
+                    if os.getppid() != parent:
+                        # The supervisor died (even by kill -9): no orphan keeps trading unwatched.
+                        self.log.error("parent process %d is gone; stopping", parent)
+                        self._running = False
         finally:
             self.teardown()
             self.heartbeat()

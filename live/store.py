@@ -223,7 +223,9 @@ class BarStore:
     writer
         Names the journal file.
     max_journal_bytes
-        Rewrite the journal when it grows past this (it holds a forming snapshot per round).
+        Rewrite the journal when it grows past this (it holds a forming snapshot per round), or
+        past twice its size after the last rewrite if that is more (an open period's bars stay in
+        it, and rewriting them at every round would cost quadratic time).
     """
 
     def __init__(self, root: Path, writer: str = "router", max_journal_bytes: int = 256 << 20):
@@ -235,7 +237,7 @@ class BarStore:
         self.last_ticks: dict[str, tuple[int, float, float]] = {}
         self._pending: dict[SeriesKey, dict[str, list[np.ndarray]]] = {}
         self._fd: int | None = None
-        self._size = 0
+        self._size = self._rewrite_at = 0
 
     def recover(self) -> None:
         """Load the journal (state and bars not yet in Parquet), write finished periods, rewrite it."""
@@ -252,7 +254,7 @@ class BarStore:
         data = _record_bytes(record)
         os.write(self._fd, data)
         self._size += len(data)
-        if self._absorb(record) or self._size > self.max_journal_bytes:
+        if self._absorb(record) or self._size > self._rewrite_at:
             self._write_partitions(everything=False)
             self._rewrite_journal()
 
@@ -323,4 +325,5 @@ class BarStore:
         self.close()
         self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
         self._size = len(data)
+        self._rewrite_at = max(self.max_journal_bytes, 2 * len(data))
         self._pending = {key: by_period for key, by_period in self._pending.items() if by_period}

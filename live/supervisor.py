@@ -274,6 +274,11 @@ class Supervisor(Service):
 # -- the run directory -----------------------------------------------------------------------
 
 
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
+        os.kill(pid, signum)
+
+
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while alive(pid):
@@ -389,9 +394,9 @@ def down(rundir: RunDir, timeout_s: float = 60.0) -> bool:
             with Client(rundir.home, timeout_s=5.0) as client:
                 client.request("stop")
         except OsmError:
-            os.kill(pid, signal.SIGTERM)  # the control socket is wedged; the signal still works
+            _signal(pid, signal.SIGTERM)  # the control socket is wedged; the signal still works
         if not _wait_gone(pid, timeout_s):
-            os.kill(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
         clean_stale(rundir)
         return True
 

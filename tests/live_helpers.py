@@ -84,17 +84,9 @@ class LiveSystem:
         """A socket of the test bound at an endpoint, standing in for its process (the router)."""
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(self.endpoints[name])
-        self._sockets.append(sock)
-        return sock
-
-    def bind(self, kind: int, name: str) -> zmq.Socket:
-        """A socket of the test bound to an endpoint (standing in for a process), closed with the system."""
-        sock = self.context.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
         address = self.endpoints[name]
         if address.startswith("ipc://"):
-            Path(address[6:]).unlink(missing_ok=True)
+            Path(address[6:]).unlink(missing_ok=True)  # a killed process leaves its socket file
         sock.bind(address)
         self._sockets.append(sock)
         return sock

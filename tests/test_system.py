@@ -23,7 +23,7 @@ from tests.system_helpers import osm, process, running_system, status, wait_for,
 
 TICKS = 12_000  # about ten hours of May 2014 EUR_USD
 SPEED = 2_000.0  # market seconds per second: the replay lasts about twenty seconds
-HEAD_START_S = 30 * 3600  # a lone first tick this far ahead: the brain is warm before bars close
+HEAD_START_S = 8 * 3600  # a lone first tick this far ahead: the brain is warm before bars close
 GRANULARITIES = ["M1", "M5"]
 ORDER_COLUMNS = "client_id, brain, instrument, kind, target, units, status"
 
@@ -48,7 +48,7 @@ def replay_file(tmp_path_factory) -> Path:
     if TICKS_FILE.exists():
         frame = pd.read_csv(TICKS_FILE, nrows=TICKS)
         ticks = np.zeros(len(frame), TICK_DTYPE)
-        ticks["time"] = pd.to_datetime(frame["time_utc"], utc=True).astype("int64")
+        ticks["time"] = pd.to_datetime(frame["time_utc"], utc=True).dt.as_unit("ns").astype("int64")
         ticks["bid"], ticks["ask"] = frame["bid"], frame["ask"]
     else:
         source = open_source(FeedConfig(start="2024-03-05T08:00:00Z"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -41,6 +42,16 @@ class TraderHarness:
         # The trader is up once it answers and its quote subscription has reached us.
         assert self.command("status")["name"] == "trader"
         wait_for(self._subscribed, TIMEOUT, "the trader's tick subscription")
+        wait_for(self._probe_events, TIMEOUT, "the trader's events reaching the test")
+
+    def _probe_events(self) -> bool:
+        # A PUB drops what it sends before a subscriber's connection is up: send an order the
+        # trader refuses without journaling (no client id) until its order event comes through.
+        self.request(wire.Order("probe", "EUR_USD", 1, ""))
+        while self.events.poll(100):
+            if wire.parse(self.events.recv_multipart())[0] == "order.probe":
+                return True
+        return False
 
     def _subscribed(self) -> bool:
         self.system.alive("trader")
@@ -80,11 +91,14 @@ class TraderHarness:
 
     def event(self, prefix: str) -> wire.AnyMessage:
         """The next event whose topic starts with `prefix` (others are skipped)."""
-        while True:
-            wait_for(lambda: self.events.poll(50), TIMEOUT, f"a {prefix} event")
-            topic, message = wire.parse(self.events.recv_multipart())
-            if topic.startswith(prefix):
-                return message
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            self.system.alive("trader")
+            if self.events.poll(50):
+                topic, message = wire.parse(self.events.recv_multipart())
+                if topic.startswith(prefix):
+                    return message
+        raise TimeoutError(f"no {prefix} event within {TIMEOUT} s")
 
     def counters(self) -> dict[str, int]:
         return self.command("status")["counters"]

@@ -1,0 +1,147 @@
+"""Ticks per second the router ingests (validated, aggregated into bars, journaled, published and
+acknowledged) against raw pyzmq PUB/SUB messages per second, measured in the same run.
+
+The router is a real process (``python -m osm.live.process router``) on ipc sockets in a temporary
+run directory, fed by this process as a feeder would: 256-tick ``wire.Ticks`` batches with feed
+positions, at most 256 batches unacknowledged. The clock stops at the acknowledgement of the last
+tick. Raw pyzmq: a PUB in a child process sends 64-byte messages as fast as it can to a SUB here.
+Prints one JSON line with both rates and their ratio (goal: at least 0.5).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from osm.core import wire
+from osm.core.config import FeedConfig, RouterConfig, SystemConfig, dump
+from osm.core.rundir import RunDir
+from osm.live.bus import plan_endpoints
+from osm.live.feeds import open_source
+
+TICKS = 2_000_000
+BATCH = 256
+WINDOW = 256
+RAW_MESSAGES = 2_000_000
+_RAW_PUBLISHER = """
+import sys, zmq
+ctx = zmq.Context(); pub = ctx.socket(zmq.PUB); pub.setsockopt(zmq.SNDHWM, 0); pub.bind(sys.argv[1])
+sub_ready = ctx.socket(zmq.PULL); sub_ready.bind(sys.argv[2]); sub_ready.recv()
+payload = b"x" * 64
+while True:
+    pub.send(payload)
+"""
+
+
+def raw_pubsub_rate(folder: Path, context: zmq.Context) -> float:
+    address, ready = f"ipc://{folder}/raw", f"ipc://{folder}/ready"
+    publisher = subprocess.Popen([sys.executable, "-c", _RAW_PUBLISHER, address, ready])
+    sub, start = context.socket(zmq.SUB), context.socket(zmq.PUSH)
+    try:
+        for sock in (sub, start):
+            sock.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(address)
+        start.connect(ready)
+        start.send(b"go")
+        sub.recv()
+        begin = time.perf_counter()
+        for _ in range(RAW_MESSAGES):
+            sub.recv(copy=False)
+        return RAW_MESSAGES / (time.perf_counter() - begin)
+    finally:
+        publisher.kill()
+        publisher.wait()
+        sub.close()
+        start.close()
+
+
+def batches() -> list[list[bytes]]:
+    config = FeedConfig(name="bench", instruments=["EUR_USD"], start="2024-01-08T00:00Z")
+    source, position, out = open_source(config), 0, []
+    while position < TICKS:
+        instrument, rows = source.read(BATCH)
+        position += len(rows)
+        out.append(wire.frames("ticks", wire.Ticks.of(instrument, rows, "bench", position)))
+    return out
+
+
+def router_rate(home: Path, context: zmq.Context) -> tuple[float, int]:
+    rundir = RunDir(home)
+    config = SystemConfig(
+        feeds=[FeedConfig(name="bench", instruments=["EUR_USD"])],
+        router=RouterConfig(granularities=["S5", "M1", "M5", "H1"]),
+    )
+    rundir.config_path.write_bytes(dump(config))
+    endpoints = plan_endpoints(rundir, config)
+    rundir.write_endpoints(endpoints)
+    frames = batches()
+    dealer, bars = context.socket(zmq.DEALER), context.socket(zmq.SUB)
+    router = subprocess.Popen(
+        [sys.executable, "-m", "osm.live.process", "router", "router", "--home", str(home)]
+    )
+    try:
+        for sock in (dealer, bars):
+            sock.setsockopt(zmq.LINGER, 0)
+        bars.setsockopt(zmq.RCVHWM, 0)
+        bars.setsockopt(zmq.SUBSCRIBE, b"bar.")
+        bars.connect(endpoints["router_bars"])
+        dealer.connect(endpoints["router_ticks"])
+        # Warm up (numba compiles or loads its cache) with the first batch before timing.
+        dealer.send_multipart(frames[0])
+        if not dealer.poll(120_000):
+            raise RuntimeError(f"the router did not answer; see {rundir.log_path('router')}")
+        dealer.recv_multipart()
+        positions = [wire.decode(f[1]).seq for f in frames]
+        begin, sent, acked = time.perf_counter(), 1, 1
+        while True:
+            while sent < len(frames) and sent - acked < WINDOW:
+                dealer.send_multipart(frames[sent])
+                sent += 1
+            if not dealer.poll(30_000):
+                raise RuntimeError("the router stopped acknowledging")
+            ack = wire.decode(dealer.recv_multipart()[1])
+            acked = bisect.bisect_right(positions, ack.seq)
+            if acked == len(frames):
+                break
+        elapsed = time.perf_counter() - begin
+        closed = 0
+        while bars.poll(200):
+            closed += wire.decode(bars.recv_multipart()[1]).count
+        return (positions[-1] - positions[0]) / elapsed, closed
+    finally:
+        router.terminate()
+        router.wait(30)
+        dealer.close()
+        bars.close()
+
+
+def main() -> None:
+    context = zmq.Context()
+    with tempfile.TemporaryDirectory(prefix="osm", dir="/tmp") as folder:
+        raw = raw_pubsub_rate(Path(folder), context)
+        ticks, closed_bars = router_rate(Path(folder), context)
+    context.term()
+    print(
+        json.dumps(
+            {
+                "bench": "bus_throughput",
+                "router_ticks_per_s": round(ticks),
+                "raw_pubsub_msgs_per_s": round(raw),
+                "ratio": round(ticks / raw, 2),
+                "bars_published": closed_bars,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The brain as a real process: warm-up from history, one target per closed bar, safe restarts.
+
+The test stands in for the router (an XPUB at ``router_bars`` and a ROUTER at ``router_history``)
+and, in the first test, for the trader (a ROUTER at ``trader_orders``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from osm.core import wire
+from osm.core.config import BrainConfig, SystemConfig, TraderConfig
+from osm.core.dtypes import as_ticks, empty_bars
+from tests.live_helpers import LiveSystem, wait_for
+from tests.strategies_for_tests import Alternate
+
+ROOT = Path(__file__).resolve().parents[1]
+S = 1_000_000_000
+M1 = 60 * S
+T0 = 1_400_000_040 * S - (1_400_000_040 * S) % M1
+TIMEOUT = 30.0
+WINDOW = 20
+PARAMS = {"every": 3, "warmup": 5}
+
+
+def make_bars(n: int) -> np.ndarray:
+    rng = np.random.default_rng(4)
+    bars = empty_bars(n)
+    bars["time"] = T0 + np.arange(n) * M1
+    mid = 1.3 + np.cumsum(rng.normal(0, 2e-4, 2 * n)).reshape(n, 2)
+    bars["bid_open"], bars["ask_open"] = mid[:, 0] - 1e-4, mid[:, 0] + 1e-4
+    bars["bid_close"], bars["ask_close"] = mid[:, 1] - 1e-4, mid[:, 1] + 1e-4
+    for side in ("bid", "ask"):
+        o, c = bars[f"{side}_open"], bars[f"{side}_close"]
+        bars[f"{side}_high"], bars[f"{side}_low"] = np.maximum(o, c), np.minimum(o, c)
+    bars["ticks"], bars["complete"] = 2, True
+    return bars
+
+
+BARS = make_bars(60)
+
+
+def expected_units(merged: list[int]) -> int:
+    """The target the brain must send after the bars with these indices, from its window."""
+    window = BARS[merged[-WINDOW:]]
+    target = Alternate(**PARAMS).targets(window)[-1]
+    return 0 if np.isnan(target) else round(target * 1000)
+
+
+class Router:
+    """The test's stand-in router: bars and quotes out, history answered by hand."""
+
+    def __init__(self, system: LiveSystem) -> None:
+        self.system = system
+        self.pub = system.bind(zmq.XPUB, "router_bars")
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.history = system.bind(zmq.ROUTER, "router_history")
+
+    def wait_subscription(self, topic: str, process: str) -> None:
+        def seen() -> bool:
+            self.system.alive(process)
+            while self.pub.poll(50):
+                if self.pub.recv() == b"\x01" + topic.encode():
+                    return True
+            return False
+
+        wait_for(seen, TIMEOUT, f"{process} subscribing to {topic}")
+
+    def bar(self, i: int) -> None:
+        message = wire.Bars.of("EUR_USD", "M1", BARS[i : i + 1])
+        self.pub.send_multipart(wire.frames("bar.EUR_USD.M1", message))
+
+    def quotes(self, i: int) -> None:
+        """Bar i as two quotes: its open at its open time, its close 30 s later."""
+        b = BARS[i]
+        ticks = as_ticks(
+            np.array([b["time"], b["time"] + 30 * S]),
+            np.array([b["bid_open"], b["bid_close"]]),
+            np.array([b["ask_open"], b["ask_close"]]),
+        )
+        self.pub.send_multipart(wire.frames("tick.EUR_USD", wire.Ticks.of("EUR_USD", ticks)))
+
+    def request(self, process: str) -> tuple[bytes, wire.HistoryRequest]:
+        wait_for(
+            lambda: self.system.alive(process) or self.history.poll(50), TIMEOUT, "history request"
+        )
+        identity, _, payload = self.history.recv_multipart()
+        request = wire.decode(payload)
+        assert isinstance(request, wire.HistoryRequest)
+        return identity, request
+
+    def answer(self, identity: bytes, indices: list[int]) -> None:
+        message = wire.Bars.of("EUR_USD", "M1", BARS[indices])
+        self.history.send_multipart([identity, *wire.frames("history", message)])
+
+
+def system_for(home: Path, monkeypatch) -> LiveSystem:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the brain imports tests.strategies_for_tests
+    brain = BrainConfig(
+        name="b1", strategy="tests.strategies_for_tests:Alternate", params=PARAMS,
+        instrument="EUR_USD", granularity="M1", size=1000, window=WINDOW,
+    )  # fmt: skip
+    return LiveSystem(home, SystemConfig(feeds=[], brains=[brain], trader=TraderConfig()))
+
+
+@pytest.fixture
+def system(home, monkeypatch):
+    live = system_for(home, monkeypatch)
+    yield live
+    live.close()
+
+
+def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
+    router = Router(system)
+    trader = system.bind(zmq.ROUTER, "trader_orders")
+
+    def target() -> wire.Target:
+        wait_for(lambda: system.alive("b1") or trader.poll(50), TIMEOUT, "a target")
+        _, topic, payload = trader.recv_multipart()
+        message = wire.decode(payload)
+        assert topic == b"target" and isinstance(message, wire.Target)
+        return message
+
+    def expect(merged: list[int]) -> None:
+        i = merged[-1]
+        got = target()
+        assert got == wire.Target(
+            "b1",
+            "EUR_USD",
+            expected_units(merged),
+            f"b1-{BARS['time'][i]}",
+            int(BARS["time"][i + 1]),
+        )
+
+    system.start("brain", "b1")
+    router.wait_subscription("bar.EUR_USD.M1", "b1")
+    identity, request = router.request("b1")
+    assert request == wire.HistoryRequest("EUR_USD", "M1", WINDOW, None)
+    router.bar(41)  # closes before the history answer: buffered, then merged once
+    router.answer(identity, list(range(10, 42)))  # overlaps the live bar
+    expect(list(range(10, 42)))  # warm-up decides on the last bar it has
+    merged = list(range(10, 42))
+    for i in (42, 43):
+        router.bar(i)
+        merged.append(i)
+        expect(merged)
+    router.bar(43)  # seen twice: no second decision
+
+    router.bar(46)  # 44 and 45 missing: the brain asks for them
+    identity, request = router.request("b1")
+    assert request == wire.HistoryRequest("EUR_USD", "M1", WINDOW, int(BARS["time"][46]))
+    router.answer(identity, list(range(30, 46)))
+    for i in (44, 45, 46):
+        merged.append(i)
+        expect(merged)
+
+    router.bar(50)  # a gap the router cannot fill (a weekend): taken as it is
+    identity, request = router.request("b1")
+    assert request.end_ns == int(BARS["time"][50])
+    router.answer(identity, [])
+    merged.append(50)
+    expect(merged)
+    router.bar(51)
+    merged.append(51)
+    expect(merged)  # and nothing else came in between
+    counters = system.wait_counter("b1", "targets", 8, TIMEOUT)
+    assert counters["targets"] == 8 and counters["gaps"] == 2
+    assert counters["bars_seen_twice"] == 2  # live 41 once more after history, and 43
+
+
+def trader_journal(system: LiveSystem) -> tuple[list, list]:
+    with sqlite3.connect(system.rundir.home / "db" / "trader.sqlite") as db:
+        orders = db.execute("SELECT client_id, status FROM orders ORDER BY seq").fetchall()
+        fills = db.execute("SELECT time_ns, units, price FROM fills ORDER BY seq").fetchall()
+    return orders, fills
+
+
+def test_with_a_real_trader_restart_does_not_duplicate_and_fills_match_backtest(system):
+    from osm.research.nb import FILL_DTYPE, backtest_nb
+
+    router = Router(system)
+    commands = system.socket(zmq.DEALER, "trader_orders")
+
+    def trader(name: str) -> dict:
+        commands.send_multipart(wire.frames("command", wire.Command(name)))
+        wait_for(lambda: system.alive("trader") or commands.poll(50), TIMEOUT, "trader reply")
+        return wire.parse(commands.recv_multipart())[1].data
+
+    def journaled(last: int) -> bool:
+        system.alive("b1")
+        orders, _ = trader_journal(system)
+        return any(cid == f"b1-{BARS['time'][last]}" for cid, _ in orders)
+
+    system.start("trader", "trader")
+    router.wait_subscription("tick.", "trader")
+    assert trader("status")["name"] == "trader"  # its journal exists from here on
+    system.start("brain", "b1")
+    router.wait_subscription("bar.EUR_USD.M1", "b1")
+    identity, _ = router.request("b1")
+    router.answer(identity, list(range(0, 30)))
+    for i in range(30, 40):
+        router.quotes(i)
+        router.bar(i)
+    wait_for(lambda: journaled(39), TIMEOUT, "the target of bar 39 in the journal")
+
+    system.kill("b1")
+    system.start("brain", "b1")
+    router.wait_subscription("bar.EUR_USD.M1", "b1")
+    identity, _ = router.request("b1")
+    router.answer(identity, list(range(0, 40)))  # the restarted brain resends bar 39's target
+    wait_for(
+        lambda: trader("status")["counters"].get("rejected.duplicate") == 1,
+        TIMEOUT,
+        "the resent target refused as a duplicate",
+    )
+    for i in range(40, 45):
+        router.quotes(i)
+        router.bar(i)
+    router.quotes(45)
+    wait_for(lambda: journaled(44), TIMEOUT, "the target of bar 44 in the journal")
+    wait_for(lambda: trader("status")["open_orders"] == 0, TIMEOUT, "every target filled")
+
+    orders, fills = trader_journal(system)
+    assert [cid for cid, _ in orders] == [f"b1-{t}" for t in BARS["time"][29:45]]
+    assert trader("status")["counters"]["rejected.duplicate"] == 1
+
+    # The same strategy in the backtest, from flat at bar 29, fills the same bars, units, prices.
+    span = BARS[29:46]
+    target = np.array([expected_units(list(range(i - WINDOW + 1, i + 1))) for i in range(29, 46)])
+    equity, expected = np.zeros(len(span)), np.zeros(len(span), dtype=FILL_DTYPE)
+    count = backtest_nb(
+        span["bid_open"], span["ask_open"], span["bid_close"], span["ask_close"],
+        target.astype(float), 0.0, 0.0, 0.0, equity, expected,
+    )  # fmt: skip
+    want = [(int(span["time"][r["bar"]]), int(r["units"]), r["price"]) for r in expected[:count]]
+    assert len(want) >= 3
+    assert fills == want

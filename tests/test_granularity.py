@@ -1,0 +1,91 @@
+"""Bar alignment: UTC for sub-daily bars, New York close for D, W and M, across daylight saving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from osm.core.granularity import (
+    GRANULARITIES,
+    NS,
+    Alignment,
+    bar_open,
+    bar_opens,
+    next_open,
+    step_ns,
+)
+
+
+def ns(text: str) -> int:
+    return pd.Timestamp(text).value
+
+
+@pytest.mark.parametrize(
+    ("instant", "expected"),
+    [
+        # OANDA: the D candle of 2014-05-06 opens 2014-05-05T21:00Z (EDT, summer) ...
+        ("2014-05-05T21:00Z", "2014-05-05T21:00Z"),
+        ("2014-05-06T12:00Z", "2014-05-05T21:00Z"),
+        ("2014-05-06T20:59:59.999Z", "2014-05-05T21:00Z"),
+        ("2014-05-06T21:00Z", "2014-05-06T21:00Z"),
+        # ... and in winter (EST) at 22:00Z: the D candle of 2014-01-07 opens 2014-01-06T22:00Z.
+        ("2014-01-07T12:00Z", "2014-01-06T22:00Z"),
+        ("2014-01-06T21:30Z", "2014-01-05T22:00Z"),
+        # Daylight saving starts 2014-03-09: the Saturday bar opens at 22:00Z, the Sunday bar at 21:00Z.
+        ("2014-03-09T20:30Z", "2014-03-08T22:00Z"),
+        ("2014-03-09T21:30Z", "2014-03-09T21:00Z"),
+        # ... and ends 2014-11-02.
+        ("2014-11-02T21:30Z", "2014-11-01T21:00Z"),
+        ("2014-11-02T22:00Z", "2014-11-02T22:00Z"),
+    ],
+)
+def test_daily_bars_open_at_new_york_close(instant: str, expected: str) -> None:
+    assert bar_open(ns(instant), "D") == ns(expected)
+
+
+@pytest.mark.parametrize(
+    ("granularity", "instant", "expected"),
+    [
+        ("W", "2014-05-06T12:00Z", "2014-05-02T21:00Z"),  # the Friday 17:00 New York before
+        ("W", "2014-05-02T20:59Z", "2014-04-25T21:00Z"),
+        ("W", "2014-01-08T12:00Z", "2014-01-03T22:00Z"),  # winter: 22:00Z
+        ("M", "2014-05-15T12:00Z", "2014-04-30T21:00Z"),  # the first trading day of May opens then
+        ("M", "2014-04-30T21:00Z", "2014-04-30T21:00Z"),
+        ("M", "2014-04-30T20:59Z", "2014-03-31T21:00Z"),
+        ("M", "2014-01-15T12:00Z", "2013-12-31T22:00Z"),
+    ],
+)
+def test_weekly_and_monthly_bars(granularity: str, instant: str, expected: str) -> None:
+    assert bar_open(ns(instant), granularity) == ns(expected)
+
+
+def test_daily_bar_lengths_change_with_daylight_saving() -> None:
+    assert next_open(ns("2014-03-08T22:00Z"), "D") == ns("2014-03-09T21:00Z")  # 23 hours
+    assert next_open(ns("2014-11-01T21:00Z"), "D") == ns("2014-11-02T22:00Z")  # 25 hours
+    assert next_open(ns("2014-05-05T21:00Z"), "D") == ns("2014-05-06T21:00Z")
+
+
+def test_alignment_is_a_setting() -> None:
+    utc_midnight = Alignment(daily_hour=0, timezone="UTC", weekly_alignment="Sunday")
+    assert bar_open(ns("2014-05-06T12:00Z"), "D", utc_midnight) == ns("2014-05-06T00:00Z")
+    with pytest.raises(KeyError, match="Did you mean 'Friday'"):
+        Alignment(weekly_alignment="Fridya")
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_bars_tile_time_and_vectorised_form_agrees(granularity: str) -> None:
+    rng = np.random.default_rng(1)
+    # Two years around both DST changes, at random instants (some exactly on boundaries).
+    times = np.sort(ns("2013-12-20") + rng.integers(0, 730 * 86400, 400) * NS)
+    times[::7] = times[::7] - times[::7] % (3600 * NS)
+    opens = bar_opens(times, granularity)
+    for t, o in zip(times.tolist(), opens.tolist(), strict=True):
+        assert o == bar_open(t, granularity)
+        following = next_open(o, granularity)
+        assert o <= t < following
+        assert bar_open(following, granularity) == following  # a bar opens where the last closed
+        assert bar_open(following - 1, granularity) == o
+        step = step_ns(granularity)
+        if step is not None:
+            assert following - o == step

@@ -1,0 +1,107 @@
+"""Parity: replaying bars through the live path gives the backtest's fills, bar for bar.
+
+Real processes and sockets: a replay feeder, the router, a brain and the trader with its paper
+broker. The fills the trader publishes are compared with `osm.research.backtest` of the same
+strategy, parameters and bars: same time, side, units and price for every fill.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import zmq
+
+from osm.core import wire
+from osm.core.config import (
+    BrainConfig,
+    FeedConfig,
+    RiskLimits,
+    RouterConfig,
+    SystemConfig,
+    TraderConfig,
+)
+from osm.research.backtest import backtest
+from osm.research.data import load_bars
+from osm.strategies.base import load_strategy
+from tests.conftest import M1_FILE, shared_file
+from tests.live_helpers import LiveSystem, started_ok, wait_for
+
+COMMISSION = 2e-5
+SIZE = 10_000
+STRATEGIES = {
+    "osm.strategies.sma_cross:SmaCross": {"fast": 5, "slow": 20},
+    "osm.strategies.donchian:Donchian": {"window": 20, "exit_window": 10, "max_hold": 60},
+    "osm.strategies.bollinger:Bollinger": {"window": 20, "k": 1.5, "max_hold": 30},
+    "osm.strategies.momentum:Momentum": {"lookback": 30, "threshold": 0.0},
+}
+
+
+@pytest.fixture(scope="module")
+def day_of_m1(tmp_path_factory) -> tuple[np.ndarray, str]:
+    """Sixteen hours of real M1 bars, written as a bar CSV in the shared data's format."""
+    bars = load_bars(shared_file(M1_FILE))
+    start, end = np.datetime64("2014-05-06T00:00", "ns"), np.datetime64("2014-05-06T16:00", "ns")
+    day = bars[(bars["time"] >= start.astype(np.int64)) & (bars["time"] < end.astype(np.int64))]
+    frame = pd.DataFrame({"time_utc": pd.to_datetime(day["time"], utc=True)})
+    for field in ("open", "high", "low", "close"):
+        for side in ("bid", "ask"):
+            frame[f"{side}_{field}"] = day[f"{side}_{field}"]
+    path = tmp_path_factory.mktemp("parity") / "day.csv"
+    frame.to_csv(path, index=False)
+    return day, str(path)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_replayed_bars_fill_like_the_backtest(strategy, day_of_m1, home):
+    bars, path = day_of_m1
+    params = STRATEGIES[strategy]
+    expected = backtest(load_strategy(strategy)(**params), bars, size=SIZE, commission=COMMISSION)
+    want = [
+        (int(t), int(u), float(p))
+        for t, u, p in zip(
+            expected.fills["time"].astype("int64"),
+            expected.fills["units"],
+            expected.fills["price"],
+            strict=True,
+        )
+    ]
+    assert len(want) >= 5, "pick parameters that trade, or the comparison proves little"
+
+    config = SystemConfig(
+        feeds=[FeedConfig(name="replay", kind="replay", file=path, speed=0)],
+        router=RouterConfig(granularities=["M1"], persist=False),
+        trader=TraderConfig(
+            commission=COMMISSION,
+            risk=RiskLimits(max_orders_per_minute=1_000_000, max_order=10 * SIZE),
+        ),
+        brains=[
+            BrainConfig(
+                name="parity", strategy=strategy, params=params, size=SIZE, granularity="M1"
+            )
+        ],
+    )
+    system = LiveSystem(home, config)
+    try:
+        fills = system.socket(zmq.SUB, "trader_events")
+        fills.setsockopt(zmq.SUBSCRIBE, b"fill.")
+        for role, name in (("router", "router"), ("trader", "trader"), ("brain", "parity")):
+            system.start(role, name)
+            started_ok(system, name)
+        system.start("feeder", "replay")
+        got: list[tuple[int, int, float]] = []
+
+        def collect() -> bool:
+            while fills.poll(0):
+                _, fill = wire.parse(fills.recv_multipart())
+                assert isinstance(fill, wire.Fill)
+                got.append((fill.time_ns, fill.units, fill.price))
+            for name in ("router", "trader", "parity"):
+                system.alive(name)
+            return len(got) >= len(want)
+
+        wait_for(collect, 120, f"{len(want)} fills from the live path (got {len(got)})")
+        assert got == want
+        assert system.counters("trader").get("rejected.risk", 0) == 0
+    finally:
+        system.close()
