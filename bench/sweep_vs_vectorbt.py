@@ -19,9 +19,9 @@ per hour, log-normal spreads around 1.2 pips, weekends skipped).
 
 The same trades on both sides. osm: ``SmaCross`` targets +1 while the fast SMA of the mid close is
 above the slow one and -1 below, executed at the next bar's open (buy at the ask, sell at the bid).
-vectorbt: ``vbt.MA.run`` over the product of windows, long and short signals from the MAs,
-shifted one bar, ``Portfolio.from_signals`` in both directions reversing on the opposite signal,
-with the next bar's ask (buys) or bid (sells) open as the fill price. vectorbt values a position
+vectorbt: ``vbt.MA.run`` over the product of windows; the same +1 / -1 / 0 (on a tie) position
+from the MAs, shifted one bar, as long and short entries and exits; ``Portfolio.from_signals``
+reversing on the opposite signal, with the bar's ask (buys) or bid (sells) open as the fill price. vectorbt values a position
 at the mid close where osm uses the bid (long) or ask (short) close, so total returns differ by
 the half spread on the last open position (a few 1e-6 here).
 """
@@ -97,15 +97,19 @@ def _vbt_grid(vbt, bars: np.ndarray, fast: list[int], slow: list[int]):
     close = pd.Series((bars["bid_close"] + bars["ask_close"]) * 0.5, index=index)
     fast_ma = vbt.MA.run(close, window=np.repeat(fast, len(slow)).tolist(), short_name="fast")
     slow_ma = vbt.MA.run(close, window=np.tile(slow, len(fast)).tolist(), short_name="slow")
-    long = fast_ma.ma_above(slow_ma).vbt.fshift(1, fill_value=False)
-    short = fast_ma.ma_below(slow_ma).vbt.fshift(1, fill_value=False)
-    # A buy (entering long) fills at the ask open, a sell (entering short) at the bid open.
-    held_long = long.to_numpy().reshape(len(bars), -1)  # one column stays 2-D: no n x n broadcast
-    price = np.where(held_long, bars["ask_open"][:, None], bars["bid_open"][:, None])
+    # SmaCross's target: +1 above, -1 below, 0 (flat) on a tie, flat while the slow MA warms up;
+    # shifted one bar, it is the position held during each bar.
+    side = np.nan_to_num(np.sign(fast_ma.ma.to_numpy() - slow_ma.ma.to_numpy()))
+    held = np.vstack([np.zeros((1, side.shape[1])), side[:-1]])
+    before = np.vstack([np.zeros((1, side.shape[1])), held[:-1]])
+    # An order buys when the position rises (fills at the ask open) and sells otherwise (bid).
+    price = np.where(held > before, bars["ask_open"][:, None], bars["bid_open"][:, None])
+    columns = vbt.base.index_fns.stack_indexes([fast_ma.ma.columns, slow_ma.ma.columns])
+    frame = lambda values: pd.DataFrame(values, index=index, columns=columns)  # noqa: E731
     portfolio = vbt.Portfolio.from_signals(
-        close, entries=long, short_entries=short, price=price, size=SIZE, size_type="amount",
-        direction="both", upon_opposite_entry="reverse", fees=COMMISSION, init_cash=CASH,
-        freq="1h",
+        close, entries=frame(held > 0), exits=frame(held == 0), short_entries=frame(held < 0),
+        short_exits=frame(held == 0), price=frame(price), size=SIZE, size_type="amount",
+        upon_opposite_entry="reverse", fees=COMMISSION, init_cash=CASH, freq="1h",
     )  # fmt: skip
     portfolio.sharpe_ratio()
     portfolio.max_drawdown()

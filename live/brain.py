@@ -136,7 +136,7 @@ class Brain(Service):
             self.series.extend(new)
             self._warm = True
             self.log.info("warmed up with %d bars", len(self.series))
-            if False:
+            if len(self.series):
                 self._decide()  # maybe sent before a restart: the trader refuses a duplicate
         else:
             for bar in new:

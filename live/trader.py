@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -258,9 +259,14 @@ class Trader(Service):
             error = str(UnknownNameError("trader command", command.name, self._commands))
             return wire.Reply(False, error=error)
         try:
-            return wire.Reply(True, data=handler(**command.args))
+            inspect.signature(handler).bind(**command.args)
         except TypeError as exc:
             return wire.Reply(False, error=f"bad arguments for {command.name!r}: {exc}")
+        try:
+            return wire.Reply(True, data=handler(**command.args))
+        except Exception as exc:  # e.g. limit="ten": answer, so the caller does not wait in vain
+            self.log.exception("command %s failed", command.name)
+            return wire.Reply(False, error=f"{command.name} failed: {exc}")
 
     def _status(self) -> dict[str, Any]:
         return {

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -243,10 +245,12 @@ def walk_forward(
         "executor": executor, "scheduler": scheduler, "workers": workers, "progress": False,
     }  # fmt: skip
     chosen, sweeps = [], []
-    for fold in tqdm(folds, disable=not progress, desc=f"walk-forward {cls.__name__}"):
-        table = sweep(cls, records[fold.is_start : fold.oos_start], **search)
-        chosen.append(_pick(cls, table, chosen, fold, records))
-        sweeps.append(table)
+    with _connected(executor, scheduler) as client:
+        search["scheduler"] = client
+        for fold in tqdm(folds, disable=not progress, desc=f"walk-forward {cls.__name__}"):
+            table = sweep(cls, records[fold.is_start : fold.oos_start], **search)
+            chosen.append(_pick(cls, table, chosen, fold, records))
+            sweeps.append(table)
     segments = _segments(folds)
     units = _stitched_units(cls, records, folds, segments, chosen, warmup, size)
     run = _run(records[segments[0][0] : segments[-1][1]], units, commission, financing, cash)
@@ -266,6 +270,18 @@ def walk_forward(
         schedule=schedule,
         sweeps=sweeps,
     )
+
+
+@contextmanager
+def _connected(executor: str, scheduler: Any) -> Iterator[Any]:
+    """Connect to a scheduler given by address once for all folds, not once per fold's sweep."""
+    if executor != "dask" or not isinstance(scheduler, str):
+        yield scheduler
+        return
+    from distributed import Client
+
+    with Client(scheduler) as client:
+        yield client
 
 
 def _bar_edges(n: int, in_sample: int, oos: int, step: int, anchored: bool) -> list[tuple]:

@@ -169,6 +169,8 @@ def test_bad_arguments_are_explained(bars):
         sweep(SmaCross, bars, executor="dusk", progress=False)
     with pytest.raises(ConfigError, match="workers must be"):
         sweep(SmaCross, bars, grid={"fast": [5], "slow": [40]}, workers=0, progress=False)
+    with pytest.raises(ConfigError, match="needs a cluster"):
+        sweep(SmaCross, bars, grid={"fast": [5], "slow": [40]}, executor="dask", progress=False)
     with pytest.raises(ValueError, match=r"within \[-1, 1\]"):
         sweep(Wild, bars, progress=False)
 

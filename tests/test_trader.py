@@ -193,6 +193,11 @@ def test_refusals_say_why_are_counted_and_the_trader_carries_on(trader):
     }  # fmt: skip
     bad = trader.request(wire.Command("halts"))
     assert not bad.ok and "Did you mean 'halt'" in bad.error
+    bad = trader.request(wire.Command("orders", {"limits": 5}))
+    assert not bad.ok and "bad arguments for 'orders'" in bad.error
+    bad = trader.request(wire.Command("orders", {"limit": "ten"}))
+    assert not bad.ok and bad.error.startswith("orders failed")
+    assert len(trader.command("orders", limit=2)) == 2
 
 
 def test_halt_refuses_flatten_closes_and_a_restart_keeps_the_halt(trader):

@@ -155,3 +155,17 @@ def test_a_fold_without_any_objective_keeps_the_previous_parameters(bars):
         result = walk_forward(Flat, bars, 3000, 1500, progress=False)
     assert [e.params for e in result.schedule.entries] == [{"n": 1}, {"n": 1}]
     assert len(result.fills) == 0
+
+
+def test_walk_forward_on_a_dask_scheduler_address_matches_local(bars):
+    distributed = pytest.importorskip("distributed")
+    local = walk_forward(SmaCross, bars, 2000, 1000, grid=GRID, progress=False)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        remote = walk_forward(
+            SmaCross, bars, 2000, 1000, grid=GRID, executor="dask",
+            scheduler=cluster.scheduler_address, progress=False,
+        )  # fmt: skip
+    assert remote.schedule == local.schedule
+    pd.testing.assert_series_equal(remote.equity, local.equity, check_exact=True)
