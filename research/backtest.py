@@ -150,7 +150,7 @@ def backtest(
             "load them with osm.research.data.load_bars"
         )
     records = check_bars(records)
-    _check_settings(size, commission, financing, cash)
+    check_settings(size, commission, financing, cash)
     view = bars if isinstance(bars, Bars) else Bars(records)
     fractions = strategy.targets(view)
     units = target_units(fractions, size)
@@ -194,7 +194,8 @@ def _strategy(strategy_or_cls: Strategy | type[Strategy] | str, params: dict) ->
     )
 
 
-def _check_settings(size: int, commission: float, financing: float, cash: float) -> None:
+def check_settings(size: int, commission: float, financing: float, cash: float) -> None:
+    """Raise ConfigError for a size, commission, financing or cash a backtest cannot use."""
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
         raise ConfigError(f"size must be a positive whole number of units, got {size!r}")
     if not (math.isfinite(commission) and commission >= 0):

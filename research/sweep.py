@@ -42,7 +42,7 @@ import psutil
 from tqdm.auto import tqdm
 
 from osm.core.errors import ConfigError, UnknownNameError
-from osm.research.backtest import _check_settings
+from osm.research.backtest import check_settings
 from osm.research.data import check_bars
 from osm.research.metrics import METRIC_NAMES, TRADE_DTYPE, evaluate_nb, scratch
 from osm.research.nb import FILL_DTYPE
@@ -122,7 +122,7 @@ def sweep(
     strategy_cls = load_strategy(strategy_cls)
     _check_choice("executor", executor, EXECUTORS)
     _check_choice("objective", objective, METRIC_NAMES)
-    _check_settings(size, commission, financing, cash)
+    check_settings(size, commission, financing, cash)
     records = check_bars(bars.records if isinstance(bars, Bars) else bars)
     combos = combinations(strategy_cls, grid, n_random, seed)
     run = _Run(float(size), float(commission), float(financing), float(cash))

@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from osm.core.errors import ConfigError
-from osm.research.backtest import _check_settings
+from osm.research.backtest import check_settings
 from osm.research.data import check_bars
 from osm.research.metrics import N_METRICS, TRADE_DTYPE, metrics_dict, metrics_nb, trades_nb
 from osm.research.nb import FILL_DTYPE, backtest_nb
@@ -235,7 +235,7 @@ def walk_forward(
     """
     cls = load_strategy(strategy_cls)
     records = check_bars(bars.records if isinstance(bars, Bars) else bars)
-    _check_settings(size, commission, financing, cash)
+    check_settings(size, commission, financing, cash)
     if warmup is not None and (isinstance(warmup, bool) or warmup < 0):
         raise ConfigError(f"warmup must be a number of bars >= 0 or None, got {warmup!r}")
     folds = make_folds(records["time"], in_sample, out_of_sample, step=step, anchored=anchored)
