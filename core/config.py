@@ -70,6 +70,8 @@ class TraderConfig(_Config):
     commission: float = 0.0  # fraction of traded notional, e.g. 2e-5 for 0.2 bp
     balance: float = 100_000.0
     risk: RiskLimits = RiskLimits()
+    # "normal": the order journal survives any process crash; "full": power loss too (slower).
+    journal_sync: Literal["normal", "full"] = "normal"
 
 
 class BrainConfig(_Config):

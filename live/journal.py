@@ -88,17 +88,23 @@ class Journal:
     initial_balance
         The account's opening balance, stored on creation; later values are ignored so that
         editing config.json cannot rewrite the account's history.
+    sync
+        SQLite's synchronous level: "normal" (durable across process crashes) or "full" (across
+        power loss too).
     """
 
-    def __init__(self, path: Path, initial_balance: float) -> None:
+    def __init__(self, path: Path, initial_balance: float, sync: str = "normal") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # Autocommit: each statement is its own transaction unless wrapped in `with self._tx()`.
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before the order is sent, even if the machine loses power.
-        self._db.execute("PRAGMA synchronous=FULL")
+        # In WAL mode NORMAL makes a commit survive the death of the process (kill -9 included)
+        # without an fsync per commit; FULL also survives a power cut, at ~0.3 ms per commit.
+        if sync not in ("normal", "full"):
+            raise ValueError(f"journal sync must be 'normal' or 'full', got {sync!r}")
+        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._db.execute(

@@ -223,10 +223,19 @@ class Router(Service):
             self.store.sync()
 
     def _commit(self) -> None:
-        """Journal the round, then publish it, then acknowledge it: an ack means it is durable."""
+        """Publish the round, journal it, then acknowledge it: an ack means it is durable.
+
+        Publishing first keeps the journal write off the tick-to-bar path. A bar published but not
+        journaled when the router dies is rebuilt, identical, from the ticks the feeder resends
+        (they were never acknowledged), and subscribers drop the repeat by its open time.
+        """
         changed = [b for b in self.books.values() if b.changed]
         if not (self._closed or changed or self._replies):
             return
+        for bars in self._closed:
+            self.pub.send_multipart(wire.frames(f"bar.{bars.instrument}.{bars.granularity}", bars))
+        for frames in self._ticks_out:
+            self.pub.send_multipart(frames)
         if self.store is not None:
             forming = [
                 wire.Bars.of(b.instrument, g, b.forming(i))
@@ -242,10 +251,6 @@ class Router(Service):
                     last_ticks={b.instrument: b.last for b in changed},
                 )
             )
-        for bars in self._closed:
-            self.pub.send_multipart(wire.frames(f"bar.{bars.instrument}.{bars.granularity}", bars))
-        for frames in self._ticks_out:
-            self.pub.send_multipart(frames)
         for feed, identity in self._replies.items():
             ack = wire.Ack(feed, self.seqs.get(feed, 0))
             self.ticks_sock.send_multipart([identity, *wire.frames("ack", ack)])

@@ -46,7 +46,9 @@ class Trader(Service):
     def setup(self) -> None:
         config = self.config.trader
         self.risk = Risk(config.risk)
-        self.journal = Journal(self.rundir.db / f"{self.name}.sqlite", config.balance)
+        self.journal = Journal(
+            self.rundir.db / f"{self.name}.sqlite", config.balance, config.journal_sync
+        )
         self.broker = brokers.create(config)
         self._books: dict[str, Book] = {}
         self._brain_units: collections.Counter[tuple[str, str]] = collections.Counter()

@@ -150,7 +150,9 @@ def run_replay(home: Path, ticks_file: Path, faults: bool) -> dict[str, np.ndarr
         feeder = system.wait_counter("replay", "finished", 1, 90)
         if faults:  # the restarted processes had work left: the kills were mid-replay
             assert feeder["ticks_sent"] > 0
-            assert 0 < system.wait_counter("router", "ticks_applied", 1, 10)["ticks_applied"] < 532_902
+            assert (
+                0 < system.wait_counter("router", "ticks_applied", 1, 10)["ticks_applied"] < 532_902
+            )
         assert system.kill("router", signal.SIGTERM) == 0
         bars = stored(home)
         if faults:

@@ -21,7 +21,9 @@ def _ticks(n: int) -> np.ndarray:
 
 def test_ticks_round_trip_bit_for_bit():
     ticks = _ticks(300)
-    topic, message = wire.parse(wire.frames("tick.EUR_USD", wire.Ticks.of("EUR_USD", ticks, "f", 9)))
+    topic, message = wire.parse(
+        wire.frames("tick.EUR_USD", wire.Ticks.of("EUR_USD", ticks, "f", 9))
+    )
     assert topic == "tick.EUR_USD"
     assert isinstance(message, wire.Ticks) and (message.feed, message.seq) == ("f", 9)
     np.testing.assert_array_equal(message.array(), ticks)
