@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import numpy as np
@@ -9,7 +10,6 @@ import pandas as pd
 import pytest
 
 from osm.core.errors import ConfigError, UnknownNameError
-from osm.research import sweep as sweep_module
 from osm.research.backtest import backtest
 from osm.research.metrics import METRIC_NAMES
 from osm.research.sweep import (
@@ -23,6 +23,9 @@ from osm.research.synthetic import random_walk_bars
 from osm.strategies import Param, Strategy
 from osm.strategies.indicators import sma
 from osm.strategies.sma_cross import SmaCross
+
+# The package exports the function `sweep`, which hides the module of the same name.
+sweep_module = importlib.import_module("osm.research.sweep")
 
 
 class Scaled(Strategy):
