@@ -13,9 +13,10 @@ trader's ``order.<brain>`` event (its OrderReply for the target ``<brain>-<open 
 arrives here on the ``trader_events`` SUB. The next tick goes only after that event, its fill and
 the acknowledgement have come (no flood). Both instants are ``time.perf_counter_ns()`` in this
 process, so no clock crosses a process boundary. The interval covers, in order: the tick hop to the
-router, validation, aggregation, journal append, bar publish; the bar hop to the brain, the
-strategy, the target send; the target hop to the trader, the duplicate lookup, the risk check, two
-synchronous=FULL SQLite commits (intent, sent), the broker submit, the event publish; and the event
+router, validation and aggregation, the bar publish (the journal append follows it); the bar hop to
+the brain, the strategy, the target send; the target hop to the trader, the duplicate lookup, the
+risk check, the intent's SQLite commit (WAL, synchronous=NORMAL by default: durable across process
+crashes), the broker submit, the event publish; and the event
 hop back here. That last hop is the measurement's, not the system's: the reported
 ``osm_p50_us``/``osm_p99_us`` are the percentiles of the interval minus the raw one-way p50 of the
 same run (the p99 keeps the hop's tail, so it errs high). The gross percentiles are reported too.

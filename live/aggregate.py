@@ -101,6 +101,64 @@ def aggregate(
     return k
 
 
+@njit(cache=True)
+def ingest(
+    time: np.ndarray,
+    bid: np.ndarray,
+    ask: np.ndarray,
+    last_time: int,
+    last_bid: float,
+    last_ask: float,
+    steps: np.ndarray,
+    calendar_opens: np.ndarray,
+    f_time: np.ndarray,
+    f_px: np.ndarray,
+    f_n: np.ndarray,
+    closed: np.ndarray,
+    counts: np.ndarray,
+) -> tuple[np.ndarray, int, int]:
+    """Validate a batch, fold its accepted ticks into the forming bars, pack the bars they close.
+
+    One call per batch: the router's per-batch cost is dominated by Python-to-numba crossings and
+    small allocations, not by the loops. `time`, `bid` and `ask` may be strided (the fields of a
+    TICK_DTYPE array). `steps` int64 (G,) holds each granularity's bar length in ns, 0 for D, W and
+    M, whose opens come precomputed in `calendar_opens` (G, n), which is (G, 0) when none is built.
+    Closed bars go to `closed`, BAR_DTYPE (G, >= n): `counts[g]` rows for granularity g, in time
+    order. Return the :func:`validate` codes, how many ticks it accepted and the index of the last
+    accepted one (-1: none).
+    """
+    codes = validate(time, bid, ask, last_time, last_bid, last_ask)
+    keep = np.flatnonzero(codes == ACCEPTED)
+    n_gran, m = len(steps), len(keep)
+    counts[:] = 0
+    if m == 0:
+        return codes, 0, -1
+    opens = np.empty((n_gran, m), np.int64)
+    for g in range(n_gran):
+        for j in range(m):
+            t = time[keep[j]]
+            opens[g, j] = t - t % steps[g] if steps[g] > 0 else calendar_opens[g, keep[j]]
+    room = n_gran * m
+    c_gran, c_time, c_n = (
+        np.empty(room, np.int64),
+        np.empty(room, np.int64),
+        np.empty(room, np.int64),
+    )
+    c_px = np.empty((room, 8))
+    k = aggregate(bid[keep], ask[keep], opens, f_time, f_px, f_n, c_gran, c_time, c_px, c_n)
+    for j in range(k):
+        g = c_gran[j]
+        row = closed[g, counts[g]]
+        counts[g] += 1
+        row["time"], row["ticks"], row["complete"] = c_time[j], c_n[j], True
+        # PRICE_FIELDS order; numba needs the field names as literals.
+        row["bid_open"], row["bid_high"] = c_px[j, 0], c_px[j, 1]
+        row["bid_low"], row["bid_close"] = c_px[j, 2], c_px[j, 3]
+        row["ask_open"], row["ask_high"] = c_px[j, 4], c_px[j, 5]
+        row["ask_low"], row["ask_close"] = c_px[j, 6], c_px[j, 7]
+    return codes, m, keep[m - 1]
+
+
 def opens_of(time: np.ndarray, granularities: list[str], alignment: Alignment) -> np.ndarray:
     """The (G, n) `opens` array of a batch."""
     opens = np.empty((len(granularities), len(time)), np.int64)

@@ -112,8 +112,9 @@ class Brain(Service):
             return
         last = self._last_time()
         for bar in bars:
+            # No copy: the row is a view that keeps the message's immutable buffer alive.
             if int(bar["time"]) > last:
-                self._pending[int(bar["time"])] = bar.copy()
+                self._pending[int(bar["time"])] = bar
             else:
                 self.counters["bars_seen_twice"] += 1
         self._advance()

@@ -10,8 +10,9 @@ Schema::
     orders(seq, client_id UNIQUE, brain, instrument, kind, target, units, after_ns, status, reason,
            created_ns, updated_ns)
         kind: order | target | flatten; target: the wanted position of a target, else NULL;
-        status: new (committed, maybe not sent) | sent | filled | refused | noop (a target already
-        met) | lost (sent, but the broker neither holds nor filled it after a restart)
+        status: new (committed, maybe not sent) | sent (and still open then; an order filled at
+        once goes from new to filled) | filled | refused | noop (a target already met) | lost
+        (sent, but the broker neither holds nor filled it after a restart)
     fills(seq, client_id UNIQUE -> orders, brain, instrument, units, price, commission, time_ns)
     positions(instrument PRIMARY KEY, units, average_price, realized, commission, updated_ns)
     meta(key PRIMARY KEY, value): initial_balance, halted
@@ -158,10 +159,6 @@ class Journal:
         Return False (and change nothing) if this client id has filled already; raise
         IntegrityError for a fill of an order that was never journaled.
         """
-        if self._db.execute(
-            "SELECT 1 FROM fills WHERE client_id = ?", (fill.client_id,)
-        ).fetchone():
-            return False
         db = self._tx()
         try:
             db.execute(
@@ -177,6 +174,14 @@ class Journal:
                 (now_ns, fill.client_id),
             )
             self._write_position(fill.instrument, book, now_ns)
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK")
+            # Asked only on failure, so a fill costs no extra query: a repeat, or no such order.
+            if self._db.execute(
+                "SELECT 1 FROM fills WHERE client_id = ?", (fill.client_id,)
+            ).fetchone():
+                return False
+            raise
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -18,7 +18,7 @@ Sockets (endpoint names of ``endpoints.json``):
     ``wire.HistoryRequest`` -> ``history.<INSTRUMENT>.<GRAN>`` + ``wire.Bars`` of closed bars
     (from memory, else the store), or ``error`` + ``wire.Reply(ok=False, error=...)``.
 
-Ticks are validated per instrument (:func:`osm.live.aggregate.validate`); a refused tick is counted
+Ticks are validated per instrument (:func:`osm.live.aggregate.validate`, within :func:`osm.live.aggregate.ingest`); a refused tick is counted
 as ``rejected.<reason>`` (non_finite, non_positive, crossed, out_of_order, duplicate,
 unknown_instrument) and never used. A bar closes when the first tick of a later bar arrives.
 On start the router restores, from its journal and the store, the closed history, the forming bars,
@@ -36,17 +36,10 @@ import zmq
 from osm.core import wire
 from osm.core.barseries import BarSeries
 from osm.core.config import SystemConfig
-from osm.core.dtypes import as_ticks
+from osm.core.dtypes import BAR_DTYPE
+from osm.core.granularity import step_ns
 from osm.core.rundir import RunDir
-from osm.live.aggregate import (
-    NO_BAR,
-    REASONS,
-    aggregate,
-    from_bars,
-    opens_of,
-    to_bars,
-    validate,
-)
+from osm.live.aggregate import ACCEPTED, NO_BAR, REASONS, from_bars, ingest, opens_of, to_bars
 from osm.live.service import Service
 from osm.live.store import BarStore, JournalRecord, dedupe, read_bars
 
@@ -92,6 +85,13 @@ class Router(Service):
         self.seqs: dict[str, int] = {}
         self.store = BarStore(rundir.bar_store) if settings.persist else None
         self._partial_interval = 1.0 / settings.partial_hz if settings.partial_hz > 0 else np.inf
+        steps = [step_ns(g) for g in self.granularities]
+        self._steps = np.array([step or 0 for step in steps], np.int64)
+        self._has_calendar = None in steps
+        self._no_opens = np.empty((len(steps), 0), np.int64)
+        # Scratch for the bars a batch closes, reused (grown) so a small batch allocates nothing.
+        self._closed_rows = np.empty((len(steps), 64), BAR_DTYPE)
+        self._closed_counts = np.zeros(len(steps), np.int64)
         self._closed: list[wire.Bars] = []
         self._ticks_out: list[list[bytes]] = []
         self._replies: dict[str, bytes] = {}  # feed -> identity of the peer to acknowledge
@@ -179,41 +179,39 @@ class Router(Service):
         return ticks[applied - first :]
 
     def _apply(self, book: _Book, ticks: np.ndarray, feed: str) -> None:
-        time_ns = np.ascontiguousarray(ticks["time"])
-        bid, ask = np.ascontiguousarray(ticks["bid"]), np.ascontiguousarray(ticks["ask"])
-        codes = validate(time_ns, bid, ask, *book.last)
-        if codes.any():
+        time_ns, bid, ask = ticks["time"], ticks["bid"], ticks["ask"]
+        if len(ticks) > self._closed_rows.shape[1]:
+            self._closed_rows = np.empty((len(self.granularities), len(ticks)), BAR_DTYPE)
+        calendar = (
+            opens_of(time_ns, self.granularities, self.alignment)
+            if self._has_calendar
+            else self._no_opens
+        )
+        codes, accepted, last = ingest(
+            time_ns, bid, ask, *book.last, self._steps, calendar,
+            book.f_time, book.f_px, book.f_n, self._closed_rows, self._closed_counts,
+        )  # fmt: skip
+        if accepted < len(ticks):
             for code, count in enumerate(np.bincount(codes, minlength=len(REASONS))):
                 if code and count:
                     self._reject_many(
                         REASONS[code], int(count), f"{book.instrument}: {count} ticks"
                     )
-            keep = codes == 0
-            time_ns, bid, ask = time_ns[keep], bid[keep], ask[keep]
-            if not len(time_ns):
+            if not accepted:
                 return
-        book.last = (int(time_ns[-1]), float(bid[-1]), float(ask[-1]))
-        opens = opens_of(time_ns, self.granularities, self.alignment)
-        room = opens.size
-        c_gran, c_time, c_n = (
-            np.empty(room, np.int64),
-            np.empty(room, np.int64),
-            np.empty(room, np.int64),
-        )
-        c_px = np.empty((room, 8))
-        k = aggregate(bid, ask, opens, book.f_time, book.f_px, book.f_n, c_gran, c_time, c_px, c_n)
+            ticks = ticks[codes == ACCEPTED]
+        book.last = (int(time_ns[last]), float(bid[last]), float(ask[last]))
         book.changed = True
         book.partial_due[:] = True
-        if k:
-            closed = to_bars(c_time[:k], c_px[:k], c_n[:k], True)
-            for g in np.unique(c_gran[:k]):
-                bars = closed[c_gran[:k] == g]
+        for g, count in enumerate(self._closed_counts.tolist()):
+            if count:
+                bars = self._closed_rows[g, :count]
                 book.series[g].extend(bars)
                 self._closed.append(wire.Bars.of(book.instrument, self.granularities[g], bars))
-            self.counters["bars_closed"] += k
-        accepted = wire.Ticks.of(book.instrument, as_ticks(time_ns, bid, ask), feed)
+                self.counters["bars_closed"] += count
+        accepted = wire.Ticks.of(book.instrument, ticks, feed)
         self._ticks_out.append(wire.frames(f"tick.{book.instrument}", accepted))
-        self.counters["ticks_applied"] += len(time_ns)
+        self.counters["ticks_applied"] += len(ticks)
 
     def idle(self) -> None:
         self._commit()

@@ -52,6 +52,7 @@ class Trader(Service):
         self.broker = brokers.create(config)
         self._books: dict[str, Book] = {}
         self._brain_units: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._unmarked: list[str] = []  # client ids submitted since the last drain
         self._recover()
         self._next_positions = 0.0
         self._requests = self.bus.bind(zmq.ROUTER, "trader_orders")
@@ -117,6 +118,7 @@ class Trader(Service):
         _, message = decoded
         if isinstance(message, wire.Order | wire.Target):
             self._reply(envelope, "order_reply", self._order(message))
+            self._drain()  # after the reply: the requester need not wait for the fill's commit
         elif isinstance(message, wire.Command):
             self._reply(envelope, "reply", self._command(message))
         else:
@@ -179,12 +181,10 @@ class Trader(Service):
             text = f"client id {order.client_id!r} is already journaled"
             return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
         self.broker.submit(order)
-        self.journal.mark(order.client_id, "sent", now)
+        self._unmarked.append(order.client_id)
         self.risk.record()
         self.counters["orders_sent"] += 1
-        reply = self._announce(wire.OrderReply(order.client_id, True, units=order.units), order)
-        self._drain()
-        return reply
+        return self._announce(wire.OrderReply(order.client_id, True, units=order.units), order)
 
     def _refuse(
         self,
@@ -232,8 +232,20 @@ class Trader(Service):
         self._drain()
 
     def _drain(self) -> None:
-        """Journal and publish the broker's new fills, each exactly once."""
+        """Mark the orders submitted since the last drain sent, then journal and publish the
+        broker's new fills, each exactly once.
+
+        "sent" only informs: recovery treats a "new" order the same way. So it is written off the
+        order's path, and not at all for an order whose fill is committed just below.
+        """
         fills = self.broker.take_fills()
+        if self._unmarked:
+            filled = {fill.client_id for fill in fills}
+            now = now_ns()
+            for client_id in self._unmarked:
+                if client_id not in filled:
+                    self.journal.mark(client_id, "sent", now)
+            self._unmarked.clear()
         if not fills:
             return
         touched = set()
@@ -314,6 +326,7 @@ class Trader(Service):
                 client_id = f"flatten-{stamp}-{brain}-{held_instrument}-{part}"
                 order = wire.Order(brain, held_instrument, chunk, client_id)
                 reply = self._execute(order, "flatten", None, flatten=True)
+                self._drain()  # the next chunk's risk check counts this one's fill
                 where = {"instrument": held_instrument, "brain": brain}
                 rows.append(msgspec.to_builtins(reply) | where)
                 if not reply.accepted:

@@ -15,7 +15,15 @@ from osm.core import wire
 from osm.core.config import FeedConfig, RouterConfig, SystemConfig
 from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS, as_ticks
 from osm.core.granularity import NS, OANDA_ALIGNMENT, bar_open, step_ns
-from osm.live.aggregate import NO_BAR, REASONS, aggregate, opens_of, to_bars, validate
+from osm.live.aggregate import (
+    NO_BAR,
+    REASONS,
+    aggregate,
+    ingest,
+    opens_of,
+    to_bars,
+    validate,
+)
 from osm.live.feeds.replay import load_ticks
 from osm.live.store import read_bars
 from tests.conftest import TICKS_FILE, shared_file
@@ -112,6 +120,56 @@ def test_validate_equals_oracle(seed: int) -> None:
     )
     assert codes.tolist() == validate_oracle(ticks)
     assert set(codes.tolist()) == set(range(len(REASONS)))  # the grid reaches every reason
+
+
+def run_ingest(ticks: np.ndarray, granularities: list[str], batch: int) -> tuple[dict, list]:
+    """Feed `ticks` to the router's one-call kernel in batches, as the router does."""
+    n = len(granularities)
+    steps = np.array([step_ns(g) or 0 for g in granularities], np.int64)
+    f_time, f_px, f_n = np.full(n, NO_BAR, np.int64), np.zeros((n, 8)), np.zeros(n, np.int64)
+    closed, counts = np.empty((n, batch), BAR_DTYPE), np.zeros(n, np.int64)
+    last = (NO_BAR, np.nan, np.nan)
+    out: dict[str, list[np.ndarray]] = {g: [] for g in granularities}
+    codes: list[int] = []
+    for start in range(0, len(ticks), batch):
+        chunk = ticks[start : start + batch]
+        calendar = opens_of(chunk["time"], granularities, OANDA_ALIGNMENT)
+        chunk_codes, accepted, at = ingest(
+            chunk["time"], chunk["bid"], chunk["ask"], *last, steps, calendar,
+            f_time, f_px, f_n, closed, counts,
+        )  # fmt: skip
+        codes += chunk_codes.tolist()
+        if accepted:
+            last = (int(chunk["time"][at]), float(chunk["bid"][at]), float(chunk["ask"][at]))
+        for g, name in enumerate(granularities):
+            out[name].append(closed[g, : counts[g]].copy())
+    for g, name in enumerate(granularities):
+        out[name].append(to_bars(f_time[g : g + 1], f_px[g : g + 1], f_n[g : g + 1], True))
+    return {name: np.concatenate(parts) for name, parts in out.items()}, codes
+
+
+@pytest.mark.parametrize("batch", [1, 13, 4096])
+def test_ingest_rejects_like_the_oracle_and_builds_the_oracle_bars(batch: int) -> None:
+    rng = np.random.default_rng(batch)
+    n = 4000
+    times = pd.Timestamp("2014-03-08T20:00Z").value + np.cumsum(
+        rng.choice([0, NS // 10, 3 * NS, 70 * NS, 4000 * NS], n, p=[0.1, 0.4, 0.3, 0.15, 0.05])
+    )
+    bid = np.round(1.3 + np.cumsum(rng.normal(0, 1e-4, n)), 5)
+    ask = bid + np.round(rng.uniform(1e-5, 5e-4, n), 5)
+    bad = rng.random(n) < 0.1  # every tenth tick broken one way or another
+    kind = rng.integers(0, 4, n)
+    bid[bad & (kind == 0)] = np.nan
+    ask[bad & (kind == 1)] = bid[bad & (kind == 1)] - 1e-4  # crossed
+    times[bad & (kind == 2)] -= 10**13  # far in the past
+    bid[bad & (kind == 3)] = -1.0
+    ticks = as_ticks(times, bid, ask)
+    granularities = ["S5", "M1", "H4", "D", "M"]
+    result, codes = run_ingest(ticks, granularities, batch)
+    assert codes == validate_oracle(ticks)
+    valid = ticks[np.array(codes) == 0]
+    for name in granularities:
+        np.testing.assert_array_equal(result[name], oracle_bars(valid, name), err_msg=name)
 
 
 # ---------------------------------------------------------------- real processes
