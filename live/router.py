@@ -16,9 +16,11 @@ Sockets (endpoint names of ``endpoints.json``):
     the accepted ticks (``wire.Ticks``), which the paper broker fills from.
 ``router_history`` ROUTER
     ``wire.HistoryRequest`` -> ``history.<INSTRUMENT>.<GRAN>`` + ``wire.Bars`` of closed bars
-    (from memory, else the store), or ``error`` + ``wire.Reply(ok=False, error=...)``.
+    (from memory, else the store; a granularity not built is resampled from a finer one that is),
+    or ``error`` + ``wire.Reply(ok=False, error=...)``.
 
-Ticks are validated per instrument (:func:`osm.live.aggregate.validate`, within :func:`osm.live.aggregate.ingest`); a refused tick is counted
+Ticks are validated per instrument (:func:`osm.live.aggregate.validate`, called by
+:func:`osm.live.aggregate.ingest`); a refused tick is counted
 as ``rejected.<reason>`` (non_finite, non_positive, crossed, out_of_order, duplicate,
 unknown_instrument) and never used. A bar closes when the first tick of a later bar arrives.
 On start the router restores, from its journal and the store, the closed history, the forming bars,
@@ -37,7 +39,9 @@ from osm.core import wire
 from osm.core.barseries import BarSeries
 from osm.core.config import SystemConfig
 from osm.core.dtypes import BAR_DTYPE
-from osm.core.granularity import step_ns
+from osm.core.errors import UnknownNameError
+from osm.core.granularity import GRANULARITIES, NS, is_finer, step_ns
+from osm.core.resample import resample
 from osm.core.rundir import RunDir
 from osm.live.aggregate import ACCEPTED, NO_BAR, REASONS, from_bars, ingest, opens_of, to_bars
 from osm.live.service import Service
@@ -270,7 +274,13 @@ class Router(Service):
     def history(
         self, instrument: str, granularity: str, count: int, end_ns: int | None
     ) -> np.ndarray:
-        """The last `count` closed bars of a series opening before `end_ns` (None: all)."""
+        """The last `count` closed bars of a series opening before `end_ns` (None: all).
+
+        A granularity the router does not build is resampled from the coarsest one it builds that
+        nests inside it (H4 from H1); only coarse bars whose every fine bar is known are returned.
+        """
+        if granularity not in self.granularities:
+            return self._resampled(instrument, granularity, count, end_ns)
         series = self.books[instrument].series[self.granularities.index(granularity)]
         bars = series.view
         if end_ns is not None:
@@ -279,6 +289,26 @@ class Router(Service):
             stored = read_bars(self.store.root, instrument, granularity, end=end_ns)
             bars = dedupe(np.concatenate([stored, bars]))
         return bars[-count:] if count else bars[:0]
+
+    def _source_of(self, granularity: str) -> str | None:
+        """The coarsest built granularity whose bars nest inside `granularity`'s, if any."""
+        finer = [g for g in self.granularities if is_finer(g, granularity)]
+        return max(finer, key=GRANULARITIES.index) if finer else None
+
+    def _resampled(
+        self, instrument: str, granularity: str, count: int, end_ns: int | None
+    ) -> np.ndarray:
+        source = self._source_of(granularity)
+        fine_step, coarse_step = step_ns(source), step_ns(granularity)
+        # Fine bars per coarse bar; calendar bars (D, W, M) get a month's worth of margin.
+        per_bar = coarse_step // fine_step if coarse_step else 32 * 86_400 * NS // fine_step
+        wanted = (count + 2) * per_bar
+        fine = self.history(instrument, source, wanted, end_ns)
+        coarse = resample(fine, granularity, alignment=self.alignment)
+        if len(fine) == wanted and len(coarse):
+            coarse = coarse[1:]  # its first fine bars may lie before the history fetched
+        coarse = coarse[coarse["complete"]]
+        return coarse[-count:] if count else coarse[:0]
 
     def _on_history(self, parts: list[bytes]) -> None:
         if len(parts) < 3:
@@ -310,8 +340,15 @@ class Router(Service):
             return f"expected a HistoryRequest, got {type(request).__name__}"
         if request.instrument not in self.books:
             return f"unknown instrument {request.instrument!r}; the router has {sorted(self.books)}"
-        if request.granularity not in self.granularities:
-            return f"granularity {request.granularity!r} is not built; the router has {self.granularities}"
+        if request.granularity not in GRANULARITIES:
+            return str(UnknownNameError("granularity", request.granularity, GRANULARITIES))
+        if request.granularity not in self.granularities and not self._source_of(
+            request.granularity
+        ):
+            return (
+                f"granularity {request.granularity!r} is neither built nor resamplable from the "
+                f"router's {self.granularities}; add a finer one to router.granularities"
+            )
         if request.count < 0:
             return f"count must be >= 0, got {request.count}"
         return ""

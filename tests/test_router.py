@@ -401,10 +401,19 @@ def test_hostile_input_is_counted_and_valid_ticks_survive(home: Path) -> None:
             topic, reply = wire.parse(history.recv_multipart())
             assert topic == f"history.EUR_USD.{granularity}"
             np.testing.assert_array_equal(reply.array(), oracle_bars(valid, granularity))
-        history.send_multipart(wire.frames("history", wire.HistoryRequest("EUR_USD", "H4", 1)))
+        # M5 is not built: it is resampled from M1, and only bars whose minutes all closed count.
+        history.send_multipart(wire.frames("history", wire.HistoryRequest("EUR_USD", "M5", 500)))
+        assert history.poll(10_000), "no history reply"
+        topic, reply = wire.parse(history.recv_multipart())
+        m1_closed = oracle_bars(valid, "M1")  # the closing tick closed every one of them
+        m5 = oracle_bars(valid, "M5")
+        m5 = m5[m5["time"] + 300 * NS <= m1_closed["time"][-1] + 60 * NS]
+        assert topic == "history.EUR_USD.M5" and len(m5) > 10
+        np.testing.assert_array_equal(reply.array(), m5)
+        history.send_multipart(wire.frames("history", wire.HistoryRequest("EUR_USD", "M3", 1)))
         assert history.poll(10_000)
         topic, reply = wire.parse(history.recv_multipart())
-        assert topic == "error" and "H4" in reply.error and not reply.ok
+        assert topic == "error" and "unknown granularity 'M3'" in reply.error and not reply.ok
         system.alive("router")
     finally:
         system.close()
