@@ -98,13 +98,9 @@ class Brain(Service):
             message.instrument,
             message.granularity,
         ) != (self.spec.instrument, self.spec.granularity):
-            self.reject("unexpected", f"{type(message).__name__} where bars were expected")
+            self.reject("unexpected_message", f"{type(message).__name__} where bars were expected")
             return None
-        try:
-            return message.array()
-        except wire.WireError as exc:
-            self.reject("malformed", str(exc))
-            return None
+        return self.rows(message)
 
     def _on_bars(self, parts: list[bytes]) -> None:
         bars = self._bars_of(parts, self._topic)
@@ -187,13 +183,10 @@ class Brain(Service):
         self.counters["targets"] += 1
 
     def _on_reply(self, parts: list[bytes]) -> None:
-        decoded = self.decode(parts)
-        if decoded is None:
+        reply = self.expect(parts, wire.OrderReply, "from the trader")
+        if reply is None:
             return
-        _, reply = decoded
-        if not isinstance(reply, wire.OrderReply):
-            self.reject("unexpected", f"{type(reply).__name__} from the trader")
-        elif reply.accepted:
+        if reply.accepted:
             self.counters["accepted"] += 1
         else:
             self.counters["refused"] += 1

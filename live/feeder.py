@@ -84,12 +84,11 @@ class Feeder(Service):
         self.counters["acked"] = self._acked
 
     def _on_reply(self, parts: list[bytes]) -> None:
-        decoded = self.decode(parts)
-        if decoded is None:
+        message = self.expect(parts, wire.Ack, "on the ticks socket")
+        if message is None:
             return
-        _, message = decoded
-        if not isinstance(message, wire.Ack) or message.feed != self.name:
-            self.reject("unexpected_message", f"{type(message).__name__} on the ticks socket")
+        if message.feed != self.name:
+            self.reject("unexpected_message", f"an ack for feed {message.feed!r}")
             return
         while self._unacked and self._unacked[0][0] <= message.seq:
             self._unacked.popleft()

@@ -137,17 +137,11 @@ class Router(Service):
                 "malformed", f"expected identity, topic and payload, got {len(parts)} frames"
             )
             return
-        decoded = self.decode(parts[1:])
-        if decoded is None:
+        message = self.expect(parts[1:], wire.Ticks, "on the ticks socket")
+        if message is None:
             return
-        message = decoded[1]
-        if not isinstance(message, wire.Ticks):
-            self.reject("unexpected_message", f"{type(message).__name__} on the ticks socket")
-            return
-        try:
-            ticks = message.array()
-        except wire.WireError as exc:
-            self.reject("malformed", str(exc))
+        ticks = self.rows(message)
+        if ticks is None:
             return
         if message.feed:
             ticks = self._unseen(message, ticks, parts[0])

@@ -15,8 +15,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import zmq
 
 from osm.core import wire
@@ -25,6 +26,7 @@ from osm.core.rundir import RunDir
 from osm.live.bus import Bus
 
 Handler = Callable[[list[bytes]], None]
+M = TypeVar("M", bound=wire.Message)
 
 
 def now_ns() -> int:
@@ -79,6 +81,25 @@ class Service:
         """Parse [topic, payload] frames, or count the frame as malformed and return None."""
         try:
             return wire.parse(parts)
+        except wire.WireError as exc:
+            self.reject("malformed", str(exc))
+            return None
+
+    def expect(self, parts: list[bytes], kind: type[M], where: str) -> M | None:
+        """The `kind` message in [topic, payload] frames; count anything else and return None."""
+        decoded = self.decode(parts)
+        if decoded is None:
+            return None
+        message = decoded[1]
+        if not isinstance(message, kind):
+            self.reject("unexpected_message", f"{type(message).__name__} {where}")
+            return None
+        return message
+
+    def rows(self, message: wire.Ticks | wire.Bars) -> np.ndarray | None:
+        """The array a Ticks or Bars message carries, or None after counting it as malformed."""
+        try:
+            return message.array()
         except wire.WireError as exc:
             self.reject("malformed", str(exc))
             return None

@@ -190,12 +190,8 @@ class Supervisor(Service):
     # -- sockets -------------------------------------------------------------------------------
 
     def _on_telemetry(self, parts: list[bytes]) -> None:
-        decoded = self.decode(parts)
-        if decoded is None:
-            return
-        beat = decoded[1]
-        if not isinstance(beat, wire.Heartbeat):
-            self.reject("unexpected", f"telemetry got a {type(beat).__name__}")
+        beat = self.expect(parts, wire.Heartbeat, "on the telemetry socket")
+        if beat is None:
             return
         if beat.process == self.name:
             return  # our own beat, looped back through the socket every service has
@@ -223,7 +219,7 @@ class Supervisor(Service):
             return wire.Reply(False, error="malformed request: send [topic, wire.Command]")
         command = decoded[1]
         if not isinstance(command, wire.Command):
-            self.reject("unexpected", f"control got a {type(command).__name__}")
+            self.reject("unexpected_message", f"{type(command).__name__} on the control socket")
             return wire.Reply(False, error=f"expected a Command, got {type(command).__name__}")
         if command.name == "status":
             return wire.Reply(True, data=self.status())

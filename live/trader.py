@@ -122,7 +122,7 @@ class Trader(Service):
         elif isinstance(message, wire.Command):
             self._reply(envelope, "reply", self._command(message))
         else:
-            self.reject("unexpected", type(message).__name__)
+            self.reject("unexpected_message", type(message).__name__)
             error = f"the trader takes Order, Target or Command, not {type(message).__name__}"
             self._reply(envelope, "reply", wire.Reply(False, error=error))
 
@@ -210,20 +210,14 @@ class Trader(Service):
     # -- quotes and fills -------------------------------------------------------------------
 
     def _on_quotes(self, parts: list[bytes]) -> None:
-        decoded = self.decode(parts)
-        if decoded is None:
-            return
-        _, message = decoded
-        if not isinstance(message, wire.Ticks):
-            self.reject("unexpected", f"{type(message).__name__} on the quote socket")
+        message = self.expect(parts, wire.Ticks, "on the quote socket")
+        if message is None:
             return
         if message.instrument not in INSTRUMENTS:
             self.reject("unknown_instrument", f"quotes for {message.instrument!r}")
             return
-        try:
-            ticks = message.array()
-        except wire.WireError as exc:
-            self.reject("malformed", str(exc))
+        ticks = self.rows(message)
+        if ticks is None:
             return
         refused = self.broker.on_quotes(message.instrument, ticks)
         if refused:

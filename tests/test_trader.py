@@ -268,7 +268,7 @@ def test_garbage_frames_are_counted_answered_and_survived(trader):
     wait_for(lambda: trader.counters().get("rejected.bad_quote") == 1, TIMEOUT, "bad quote")
     counters = trader.counters()
     assert counters["rejected.malformed"] == len(garbage) + 3
-    assert counters["rejected.unexpected"] == 1 and counters["quotes_refused"] == 1
+    assert counters["rejected.unexpected_message"] == 1 and counters["quotes_refused"] == 1
     assert trader.order(1_000, "fine").accepted
 
 
