@@ -444,7 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a strategy live, e.g. osm.strategies.sma_cross:SmaCross",
     )
     up.add_argument("--param", action="append", metavar="NAME=VALUE", help="strategy parameter")
-    up.add_argument("--brain-granularity", help="the brain's bars (default the first built)")
+    up.add_argument(
+        "--brain-granularity",
+        help="the brain's bars (default: the first of --granularities, else M1)",
+    )
     up.add_argument("--size", type=int, default=10_000, help="brain units at target 1.0")
     up.add_argument("--host", default="127.0.0.1", help="bind address; not loopback needs keys")
     up.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
