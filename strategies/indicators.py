@@ -51,13 +51,10 @@ def rolling_std(x: np.ndarray, window: int, ddof: int = 0) -> np.ndarray:
     """
     if window < 1 or ddof < 0 or window <= ddof:
         raise ValueError("rolling_std: window must be at least 1 bar and larger than ddof >= 0")
-    n = len(x)
-    out = np.full(n, np.nan)
-    for t in range(window - 1, n):
-        total = 0.0
-        for i in range(t - window + 1, t + 1):
-            total += x[i]
-        mean = total / window
+    means = sma(x, window)
+    out = np.full(len(x), np.nan)
+    for t in range(window - 1, len(x)):
+        mean = means[t]
         # Two passes: sum((x - mean)^2) does not cancel catastrophically the way
         # sum(x^2) - n * mean^2 does at FX price levels (1.3 give or take 1e-4).
         squares = 0.0
