@@ -31,7 +31,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: floa
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
         time.sleep(poll)
 
 

@@ -11,12 +11,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from osm.core.rundir import RunDir
 from osm.live import supervisor
@@ -36,18 +33,6 @@ def osm(home: Path, *args: str, timeout: float = UP_TIMEOUT_S) -> subprocess.Com
         timeout=timeout,
         env={**os.environ, "OSM_HOME": "/nonexistent-osm-home"},  # --home must win
     )
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def status(home: Path) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import pytest
 from osm.core.rundir import RunDir
 from osm.live import supervisor
 from osm.live.client import alive
-from tests.system_helpers import osm, process, running_system, status, wait_for
+from tests.live_helpers import wait_for
+from tests.system_helpers import osm, process, running_system, status
 
 FAST_MARKET = ["--speed", "60", "--start", "2024-03-05T08:00:00Z", "--granularities", "M1"]
 BRAIN = ["--brain", "osm.strategies.sma_cross:SmaCross", "--param", "fast=3", "--param", "slow=8"]
@@ -129,7 +130,7 @@ def test_bars_orders_positions_halt_resume_flatten(home, system):
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout) if len(json.loads(done.stdout)) == 3 else None
 
-    bars = wait_for("three closed M1 bars", closed_bars)
+    bars = wait_for(closed_bars, 60, "three closed M1 bars")
     assert [b["complete"] for b in bars] == [True] * 3
     assert [b["time"] for b in bars] == sorted(b["time"] for b in bars)
     assert all(b["bid_low"] <= b["bid_close"] <= b["bid_high"] < b["ask_high"] for b in bars)
@@ -142,7 +143,7 @@ def test_bars_orders_positions_halt_resume_flatten(home, system):
         rows = json.loads(osm(home, "positions", "--json").stdout)
         return [r for r in rows if r["instrument"] == "EUR_USD" and r["units"]]
 
-    assert abs(wait_for("the brain's first position", held)[0]["units"]) == 10_000
+    assert abs(wait_for(held, 60, "the brain's first position")[0]["units"]) == 10_000
     orders = json.loads(osm(home, "orders", "--json").stdout)
     assert any(o["status"] == "filled" and o["brain"] == "sma_cross" for o in orders)
 
@@ -155,7 +156,7 @@ def test_bars_orders_positions_halt_resume_flatten(home, system):
 
     osm(home, "halt")  # the brain must not reopen what flatten closes
     assert osm(home, "flatten").returncode == 0
-    wait_for("flat positions after flatten", lambda: not held())
+    wait_for(lambda: not held(), 60, "flat positions after flatten")
 
 
 def test_demo_runs_shows_bars_and_a_position_change_and_stops(tmp_path):

@@ -13,7 +13,8 @@ from osm.core import wire
 from osm.core.dtypes import as_ticks
 from osm.core.errors import SystemNotRunning
 from osm.live.client import Client
-from tests.system_helpers import osm, running_system, status, wait_for
+from tests.live_helpers import wait_for
+from tests.system_helpers import osm, running_system, status
 
 FUTURE_NS = 4_102_444_800 * 10**9  # 2100-01-01: a time no real tick has reached
 
@@ -106,7 +107,7 @@ def test_hostile_input_is_refused_counted_and_survived(home, system, context):
         ]
         return report if all(wanted) else None
 
-    report = wait_for("every hostile input counted", counted, timeout=30)
+    report = wait_for(counted, 30, "every hostile input counted")
     for p in report["processes"]:
         assert p["state"] == "running" and p["restarts"] == 0, p
         if p["name"] in ("router", "trader"):
@@ -156,4 +157,4 @@ def test_curve_tcp_accepts_a_keyed_client_and_refuses_others(home, system, conte
     with Client(home, timeout_s=3, key_dir=stranger) as client, pytest.raises(SystemNotRunning):
         client.status()
 
-    wait_for("the keyed client still answered", lambda: status(home)["pid"])
+    wait_for(lambda: status(home)["pid"], 60, "the keyed client still answered")

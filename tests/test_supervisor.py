@@ -8,7 +8,8 @@ import signal
 import pytest
 
 from osm.live.client import Client, alive
-from tests.system_helpers import osm, process, running_system, status, stop, wait_for, write_config
+from tests.live_helpers import wait_for
+from tests.system_helpers import osm, process, running_system, status, stop, write_config
 
 FAST_MARKET = ["--speed", "60", "--start", "2024-03-05T08:00:00Z", "--granularities", "S5"]
 
@@ -37,12 +38,12 @@ def test_kill_9_of_router_then_trader_restarts_each_and_bars_flow_again(home, sy
         before = process(home, name)
         os.kill(before["pid"], signal.SIGKILL)
         after = wait_for(
-            f"{name} restarted", lambda n=name, b=before: restarted(home, n, b["pid"], 1)
+            lambda n=name, b=before: restarted(home, n, b["pid"], 1), 60, f"{name} restarted"
         )
         assert "exited with code -9" in after["reason"]
         assert not alive(before["pid"])
-    seen = wait_for("a closed bar", lambda: newest_bar(home))
-    wait_for("bars closing after the restarts", lambda: newest_bar(home) > seen)
+    seen = wait_for(lambda: newest_bar(home), 60, "a closed bar")
+    wait_for(lambda: newest_bar(home) > seen, 60, "bars closing after the restarts")
     others = {p["name"]: p["restarts"] for p in status(home)["processes"]}
     assert others == {"router": 1, "trader": 1, "synthetic": 0}
 
@@ -54,7 +55,7 @@ def test_a_hung_process_is_killed_and_restarted(home, system):
     os.kill(before["pid"], signal.SIGSTOP)
     try:
         after = wait_for(
-            "the hung feeder restarted", lambda: restarted(home, "synthetic", before["pid"], 1)
+            lambda: restarted(home, "synthetic", before["pid"], 1), 60, "the hung feeder restarted"
         )
     finally:
         if alive(before["pid"]):

@@ -19,7 +19,8 @@ from osm.core.dtypes import TICK_DTYPE
 from osm.live.feeds import open_source
 from osm.live.store import read_bars
 from tests.conftest import TICKS_FILE
-from tests.system_helpers import osm, process, running_system, status, wait_for, write_config
+from tests.live_helpers import wait_for
+from tests.system_helpers import osm, process, running_system, status, write_config
 
 TICKS = 12_000  # about ten hours of May 2014 EUR_USD
 SPEED = 2_000.0  # market seconds per second: the replay lasts about twenty seconds
@@ -88,19 +89,18 @@ def run_replay(home: Path, replay_file: Path, system, faults: list[str]) -> dict
         return process(home, "replay")["counters"].get("ticks_sent", 0)
 
     for i, name in enumerate(faults, start=1):
-        wait_for(f"{i}/{len(faults) + 1} of the replay", lambda i=i: sent() >= TICKS * i // 3)
+        wait_for(lambda i=i: sent() >= TICKS * i // 3, 60, f"{i}/{len(faults) + 1} of the replay")
         victim = process(home, name)
         os.kill(victim["pid"], signal.SIGKILL)
         wait_for(
-            f"{name} restarted",
             lambda n=name, v=victim: (
                 (p := process(home, n))["state"] == "running" and p["pid"] != v["pid"]
             ),
+            60,
+            f"{name} restarted",
         )
     wait_for(
-        "the end of the replay",
-        lambda: process(home, "replay")["counters"].get("finished"),
-        timeout=180,
+        lambda: process(home, "replay")["counters"].get("finished"), 180, "the end of the replay"
     )
     db = home / "db" / "trader.sqlite"
 
@@ -110,7 +110,7 @@ def run_replay(home: Path, replay_file: Path, system, faults: list[str]) -> dict
             row = con.execute("SELECT 1 FROM orders WHERE client_id = ?", (f"sma-{last}",))
             return row.fetchone() is not None
 
-    wait_for("the brain's decision on the last closed bar", decided_last_bar)
+    wait_for(decided_last_bar, 60, "the brain's decision on the last closed bar")
     restarts = {p["name"]: p["restarts"] for p in status(home)["processes"]}
     assert osm(home, "down").returncode == 0
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
