@@ -2,10 +2,15 @@
 
 Real processes and sockets: a replay feeder, the router, a brain and the trader with its paper
 broker. The fills the trader publishes are compared with `osm.research.backtest` of the same
-strategy, parameters and bars: same time, side, units and price for every fill.
+strategy, parameters and bars: same time, side, units and price for every fill. Fills are collected
+until the brain has decided the last bar and the journal holds no open order but that decision's,
+so a missing fill and an extra one both fail the test.
 """
 
 from __future__ import annotations
+
+import sqlite3
+import time
 
 import numpy as np
 import pandas as pd
@@ -24,7 +29,7 @@ from osm.core.config import (
 from osm.research.backtest import backtest
 from osm.research.data import load_bars
 from osm.strategies.base import load_strategy
-from tests.conftest import M1_FILE, shared_file
+from tests.conftest import REAL_DATA
 from tests.live_helpers import LiveSystem, started_ok, wait_for
 
 COMMISSION = 2e-5
@@ -38,11 +43,15 @@ STRATEGIES = {
 
 
 @pytest.fixture(scope="module")
-def day_of_m1(tmp_path_factory) -> tuple[np.ndarray, str]:
-    """Sixteen hours of real M1 bars, written as a bar CSV in the shared data's format."""
-    bars = load_bars(shared_file(M1_FILE))
-    start, end = np.datetime64("2014-05-06T00:00", "ns"), np.datetime64("2014-05-06T16:00", "ns")
-    day = bars[(bars["time"] >= start.astype(np.int64)) & (bars["time"] < end.astype(np.int64))]
+def day_of_m1(tmp_path_factory, m1_file) -> tuple[np.ndarray, str]:
+    """Sixteen hours of M1 bars (real where present, else generated), as a bar CSV in the shared
+    data's format."""
+    bars = load_bars(m1_file)
+    if REAL_DATA:
+        start = np.datetime64("2014-05-06T00:00", "ns").astype(np.int64)
+        day = bars[(bars["time"] >= start) & (bars["time"] < start + 16 * 3600 * 10**9)]
+    else:
+        day = bars[: 16 * 60]
     frame = pd.DataFrame({"time_utc": pd.to_datetime(day["time"], utc=True)})
     for field in ("open", "high", "low", "close"):
         for side in ("bid", "ask"):
@@ -91,17 +100,48 @@ def test_replayed_bars_fill_like_the_backtest(strategy, day_of_m1, home):
         system.start("feeder", "replay")
         got: list[tuple[int, int, float]] = []
 
-        def collect() -> bool:
+        def collect() -> int:
             while fills.poll(0):
                 _, fill = wire.parse(fills.recv_multipart())
                 assert isinstance(fill, wire.Fill)
                 got.append((fill.time_ns, fill.units, fill.price))
             for name in ("router", "trader", "parity"):
                 system.alive(name)
-            return len(got) >= len(want)
+            return len(got)
 
-        wait_for(collect, 120, f"{len(want)} fills from the live path (got {len(got)})")
+        last = f"parity-{int(bars['time'][-1])}"
+        journal = home / "db" / "trader.sqlite"
+        wait_for(
+            lambda: collect() >= 0 and settled(journal, last),
+            120,
+            f"the brain's decision on the last bar and no other open order (fills: {len(got)})",
+        )
+        wait_for(lambda: collect() == journaled_fills(journal), 30, "every journaled fill")
+        quiet_until = time.monotonic() + 0.5  # an extra fill published late must still be seen
+        while time.monotonic() < quiet_until:
+            collect()
+            time.sleep(0.05)
         assert got == want
-        assert system.counters("trader").get("rejected.risk", 0) == 0
+        counters = system.counters("parity")
+        assert counters.get("refused", 0) == 0, counters
     finally:
         system.close()
+
+
+def settled(journal, last_client_id: str) -> bool:
+    """The trader journaled `last_client_id` and every other order is in a final state."""
+    if not journal.exists():
+        return False
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as con:
+        if con.execute("SELECT 1 FROM orders WHERE client_id = ?", (last_client_id,)).fetchone():
+            open_orders = con.execute(
+                "SELECT count(*) FROM orders WHERE status IN ('new', 'sent') AND client_id != ?",
+                (last_client_id,),
+            ).fetchone()[0]
+            return open_orders == 0
+    return False
+
+
+def journaled_fills(journal) -> int:
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as con:
+        return con.execute("SELECT count(*) FROM fills").fetchone()[0]

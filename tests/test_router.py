@@ -26,7 +26,6 @@ from osm.live.aggregate import (
 )
 from osm.live.feeds.replay import load_ticks
 from osm.live.store import read_bars
-from tests.conftest import TICKS_FILE, shared_file
 from tests.live_helpers import LiveSystem, started_ok, wait_for
 
 GRANULARITIES = ["S5", "M1", "M5", "H1"]
@@ -189,33 +188,34 @@ def stored(home: Path) -> dict[str, np.ndarray]:
 
 def run_replay(home: Path, ticks_file: Path, faults: bool) -> dict[str, np.ndarray]:
     """Replay the whole tick file through real processes; with faults, kill -9 both mid-way."""
-    # With faults, the 15 days are paced over ~9 s (other batches than the clean run's, too), so
-    # the kills land mid-replay.
-    system = LiveSystem(home, replay_config(ticks_file, speed=150_000 if faults else 0))
+    ticks = load_ticks(ticks_file)
+    # With faults, the file's span is paced over ~9 s (other batches than the clean run's, too),
+    # so the kills land mid-replay: the router at a fifth of the ticks, the feeder at three fifths.
+    span_s = (int(ticks["time"][-1]) - int(ticks["time"][0])) / NS
+    system = LiveSystem(home, replay_config(ticks_file, speed=span_s / 9 if faults else 0))
     try:
         system.start("router", "router")
         started_ok(system, "router")
         system.start("feeder", "replay")
         if faults:
-            system.wait_counter("router", "ticks_applied", 100_000, 60)
+            system.wait_counter("router", "ticks_applied", len(ticks) // 5, 60)
             system.kill("router", signal.SIGKILL)
             after_kill = stored(home)
             system.start("router", "router")
             started_ok(system, "router")
-            system.wait_counter("replay", "acked", 300_000, 60)
+            system.wait_counter("replay", "acked", len(ticks) * 3 // 5, 60)
             system.kill("replay", signal.SIGKILL)
             system.start("feeder", "replay")
         feeder = system.wait_counter("replay", "finished", 1, 90)
         if faults:  # the restarted processes had work left: the kills were mid-replay
             assert feeder["ticks_sent"] > 0
-            assert (
-                0 < system.wait_counter("router", "ticks_applied", 1, 10)["ticks_applied"] < 532_902
-            )
+            applied = system.wait_counter("router", "ticks_applied", 1, 10)["ticks_applied"]
+            assert 0 < applied < len(ticks) - 1
         assert system.kill("router", signal.SIGTERM) == 0
         bars = stored(home)
         if faults:
             # What the killed router had journaled is a prefix of the final store, and not empty.
-            assert len(after_kill["M1"]) > 1000
+            assert len(after_kill["M1"]) > 100
             for g in GRANULARITIES:
                 np.testing.assert_array_equal(after_kill[g], bars[g][: len(after_kill[g])])
         return bars
@@ -228,16 +228,13 @@ def clean_run(tmp_path_factory, ticks_file: Path) -> dict[str, np.ndarray]:
     return run_replay(tmp_path_factory.mktemp("osm"), ticks_file, faults=False)
 
 
-@pytest.fixture(scope="module")
-def ticks_file() -> Path:
-    return shared_file(TICKS_FILE)
-
-
-def read_m1(m1_file: Path) -> pd.DataFrame:
+def read_m1(m1_file: Path, ticks_file: Path) -> pd.DataFrame:
+    """The M1 file's bars within the tick file's span (the real M1 file also holds April 2018)."""
     frame = pd.read_csv(m1_file)
     stamps = pd.to_datetime(frame["time_utc"], utc=True, format="ISO8601")
     frame["time"] = stamps.dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
-    return frame[stamps < pd.Timestamp("2014-06-01", tz="UTC")].reset_index(drop=True)
+    last_tick = pd.read_csv(ticks_file, usecols=["time_utc"])["time_utc"].iloc[-1]
+    return frame[stamps <= pd.Timestamp(last_tick)].reset_index(drop=True)
 
 
 def resample(m1: pd.DataFrame, step_s: int) -> pd.DataFrame:
@@ -263,8 +260,8 @@ def assert_same_prices(bars: np.ndarray, expected: pd.DataFrame, name: str) -> N
 
 
 def test_replayed_ticks_rebuild_oanda_bars(clean_run, ticks_file: Path, m1_file: Path) -> None:
-    m1 = read_m1(m1_file)
-    assert len(clean_run["M1"]) == len(m1) - 1 > 15_000
+    m1 = read_m1(m1_file, ticks_file)
+    assert len(clean_run["M1"]) == len(m1) - 1 > 1_000
     assert_same_prices(clean_run["M1"], m1, "M1")
     assert_same_prices(clean_run["M5"], resample(m1, 300), "M5")
     assert_same_prices(clean_run["H1"], resample(m1, 3600), "H1")
@@ -274,7 +271,6 @@ def test_replayed_ticks_rebuild_oanda_bars(clean_run, ticks_file: Path, m1_file:
     for g in GRANULARITIES:
         used = ticks[ticks["time"] < clean_run[g]["time"][-1] + step_ns(g)]
         repeats = int((used[1:] == used[:-1]).sum())
-        assert repeats == 1
         assert clean_run[g]["ticks"].sum() == len(used) - repeats, g
 
 

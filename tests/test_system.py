@@ -14,11 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from osm.core.config import FeedConfig
 from osm.core.dtypes import TICK_DTYPE
-from osm.live.feeds import open_source
 from osm.live.store import read_bars
-from tests.conftest import TICKS_FILE
 from tests.live_helpers import wait_for
 from tests.system_helpers import osm, process, running_system, status, write_config
 
@@ -43,21 +40,17 @@ def clean_system(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def replay_file(tmp_path_factory) -> Path:
-    """The first TICKS of the shared tick file (or synthetic ticks on a fresh clone), after a lone
-    tick HEAD_START_S earlier, as a CSV of int64 ns times."""
-    if TICKS_FILE.exists():
-        frame = pd.read_csv(TICKS_FILE, nrows=TICKS)
-        ticks = np.zeros(len(frame), TICK_DTYPE)
-        ticks["time"] = pd.to_datetime(frame["time_utc"], utc=True).dt.as_unit("ns").astype("int64")
-        ticks["bid"], ticks["ask"] = frame["bid"], frame["ask"]
-    else:
-        source = open_source(FeedConfig(start="2024-03-05T08:00:00Z"))
-        parts, count = [], 0
-        while count < TICKS:
-            parts.append(source.read(TICKS - count)[1])
-            count += len(parts[-1])
-        ticks = np.concatenate(parts)
+def replay_file(tmp_path_factory, ticks_file) -> Path:
+    """About ten hours of ticks (TICKS of them, real or generated), after a lone tick HEAD_START_S
+    earlier, as a CSV of int64 ns times."""
+    frame = pd.read_csv(ticks_file)
+    times = pd.to_datetime(frame["time_utc"], utc=True).dt.as_unit("ns").astype("int64")
+    # Thin a denser market (the generated one) to TICKS spanning the same ten hours.
+    ten_hours = int((times < times.iloc[0] + 10 * 3600 * 10**9).sum())
+    every = max(1, round(ten_hours / TICKS))
+    frame, times = frame.iloc[::every].head(TICKS), times.iloc[::every].head(TICKS)
+    ticks = np.zeros(len(frame), TICK_DTYPE)
+    ticks["time"], ticks["bid"], ticks["ask"] = times, frame["bid"], frame["ask"]
     lone = ticks[:1].copy()
     lone["time"] -= HEAD_START_S * 10**9
     ticks = np.concatenate([lone, ticks])
