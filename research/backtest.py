@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from osm.core.errors import ConfigError
+from osm.core.errors import ConfigError, DataError
 from osm.research.data import check_bars
 from osm.research.metrics import N_METRICS, TRADE_DTYPE, metrics_dict, metrics_nb, trades_nb
 from osm.research.nb import FILL_DTYPE, backtest_nb
 from osm.strategies.base import Bars, Strategy, load_strategy
+
+MAX_COMMISSION = 0.01
+"""The largest commission accepted, a fraction of notional (1 %, fifty times a retail FX fee)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,7 +114,7 @@ class BacktestResult:
 def backtest(
     strategy_or_cls: Strategy | type[Strategy] | str,
     bars: np.ndarray | Bars,
-    size: int = 10_000,
+    size: int | float = 10_000,
     commission: float = 0.0,
     financing: float = 0.0,
     cash: float = 100_000.0,
@@ -127,8 +130,10 @@ def backtest(
         BAR_DTYPE bars (e.g. from :func:`osm.research.data.load_bars`), oldest first.
     size
         Units for a target of 1: a target of -0.5 with size 10 000 is a short of 5 000 units.
+        A whole number (``1e4`` is fine).
     commission
-        Fraction of traded notional paid on each fill (0.00002 is 0.2 pip on EUR_USD at 1.0).
+        Fraction of traded notional paid on each fill, 0 to ``MAX_COMMISSION`` (0.01): 0.00002
+        is 0.2 bp, 0.2 pip on EUR_USD at 1.0, about 2 per 100 000 units.
     financing
         Fraction of the absolute position's notional at the mid close charged at each bar's close
         (a rate per bar: 2 % a year on H1 bars is about 0.02 / 6200).
@@ -150,6 +155,7 @@ def backtest(
             "load them with osm.research.data.load_bars"
         )
     records = check_bars(records)
+    check_not_empty(records, "backtest")
     check_settings(size, commission, financing, cash)
     view = bars if isinstance(bars, Bars) else Bars(records)
     fractions = strategy.targets(view)
@@ -194,18 +200,44 @@ def _strategy(strategy_or_cls: Strategy | type[Strategy] | str, params: dict) ->
     )
 
 
-def check_settings(size: int, commission: float, financing: float, cash: float) -> None:
+def check_settings(size: float, commission: float, financing: float, cash: float) -> None:
     """Raise ConfigError for a size, commission, financing or cash a backtest cannot use."""
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int | float | np.integer | np.floating)
+        or not (math.isfinite(size) and float(size).is_integer() and size > 0)
+    ):
         raise ConfigError(f"size must be a positive whole number of units, got {size!r}")
-    if not (math.isfinite(commission) and commission >= 0):
+    if not (math.isfinite(commission) and 0 <= commission <= MAX_COMMISSION):
         raise ConfigError(
-            f"commission must be a fraction >= 0 (0.00002 = 0.2 bp), got {commission!r}"
+            f"commission must be a fraction of each fill's notional in [0, {MAX_COMMISSION}] "
+            f"(0.00002 = 0.2 bp, about 2 per 100 000 units at a price near 1), got {commission!r}"
+            + _commission_hint(commission)
         )
     if not math.isfinite(financing):
         raise ConfigError(f"financing must be a finite rate per bar, got {financing!r}")
     if not (math.isfinite(cash) and cash > 0):
         raise ConfigError(f"cash must be a positive amount, got {cash!r}")
+
+
+def check_not_empty(records: np.ndarray, what: str) -> None:
+    """Raise DataError when there are no bars to run `what` on."""
+    if len(records) == 0:
+        raise DataError(
+            f"{what} got no bars: the file or the slice holds none; give it at least one bar"
+        )
+
+
+def _commission_hint(commission: float) -> str:
+    # Guess the unit the value was meant in: percent, basis points, or money per 100 000 units.
+    if not math.isfinite(commission) or commission <= MAX_COMMISSION or commission > 1000:
+        return ""
+    if commission < 0.5:
+        return f"; for {commission:g} % pass {commission / 100:g}"
+    return (
+        f"; for {commission:g} bp pass {commission * 1e-4:g}, for {commission:g} per 100 000 "
+        f"units traded pass {commission / 100_000:g}"
+    )
 
 
 def _times(values: np.ndarray, name: str | None = None) -> pd.DatetimeIndex:

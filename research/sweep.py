@@ -28,6 +28,7 @@ How it stays fast and small:
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -42,7 +43,7 @@ import psutil
 from tqdm.auto import tqdm
 
 from osm.core.errors import ConfigError, UnknownNameError
-from osm.research.backtest import check_settings
+from osm.research.backtest import check_not_empty, check_settings
 from osm.research.data import check_bars
 from osm.research.metrics import METRIC_NAMES, TRADE_DTYPE, evaluate_nb, scratch
 from osm.research.nb import FILL_DTYPE
@@ -95,7 +96,9 @@ def sweep(
         BAR_DTYPE bars (or Bars), oldest first.
     grid
         ``{name: [values]}`` (a single value fixes a parameter); parameters left out search their
-        declared range. None: every declared range.
+        declared range. None: every declared range. Combinations whose values do not go together
+        (``Strategy.check`` refuses them) are skipped with a warning that counts them and shows
+        one; a grid with none left is refused.
     n_random
         Draw this many distinct valid combinations (seeded by `seed`) from the ranges instead of
         taking them all; float ranges are sampled uniformly.
@@ -124,6 +127,32 @@ def sweep(
     _check_choice("objective", objective, METRIC_NAMES)
     check_settings(size, commission, financing, cash)
     records = check_bars(bars.records if isinstance(bars, Bars) else bars)
+    check_not_empty(records, "sweep")
+    if n_random is None:
+        # Strategy.grid drops the combinations whose values do not go together (fast >= slow):
+        # say how many and why, and refuse a grid where none is left.
+        axes = _axes(strategy_cls, grid or {})
+        lists = [axes.get(name, p.grid()) for name, p in strategy_cls.params.items()]
+        total, invalid, example = 0, 0, ""
+        for values in itertools.product(*lists):
+            total += 1
+            try:
+                strategy_cls(**dict(zip(strategy_cls.params, values, strict=True)))
+            except ConfigError as exc:
+                invalid += 1
+                example = example or str(exc)
+        if invalid == total:
+            raise ConfigError(
+                f"all {total} combinations of the grid are invalid, e.g. {example}; widen the "
+                "grid so that some values go together"
+            )
+        if invalid:
+            warnings.warn(
+                f"sweep {strategy_cls.__name__}: skipping {invalid} of {total} combinations of the "
+                f"grid whose values do not go together, e.g. {example}",
+                UserWarning,
+                stacklevel=2,
+            )
     combos = combinations(strategy_cls, grid, n_random, seed)
     run = _Run(float(size), float(commission), float(financing), float(cash))
     threads = _positive("workers", (os.cpu_count() or 1) if workers is None else workers)

@@ -1,6 +1,9 @@
-"""The backtest kernel and its pandas edge against a plain-Python oracle of the execution rule."""
+"""The backtest kernel and its pandas edge against a plain-Python oracle of the execution rule,
+and the settings backtests and sweeps refuse."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -8,9 +11,10 @@ import pytest
 
 from osm.core.dtypes import BAR_DTYPE
 from osm.core.errors import ConfigError, DataError, UnknownNameError
-from osm.research.backtest import backtest, target_units
+from osm.research.backtest import MAX_COMMISSION, backtest, target_units
 from osm.research.data import load_bars
 from osm.research.nb import FILL_DTYPE, backtest_nb
+from osm.research.sweep import sweep
 from osm.strategies.base import Param, Strategy
 from osm.strategies.sma_cross import SmaCross
 
@@ -191,3 +195,49 @@ def test_bad_input_is_refused_with_the_fix(h1: np.ndarray) -> None:
     shuffled = h1[::-1].copy()
     with pytest.raises(DataError, match="row 1 .* is earlier than row 0"):
         backtest(SmaCross, shuffled)
+
+
+def test_a_whole_size_given_as_a_float_is_accepted(h1: np.ndarray) -> None:
+    by_int = backtest(SmaCross, h1, size=10_000)
+    for size in (1e4, np.float64(1e4), np.int32(10_000)):
+        result = backtest(SmaCross, h1, size=size)
+        assert result.size == 10_000 and isinstance(result.size, int)
+        np.testing.assert_array_equal(result.equity_values, by_int.equity_values)
+    for size in (1e4 + 0.5, float("inf"), -1e4, True):
+        with pytest.raises(ConfigError, match="size must be a positive whole number of units"):
+            backtest(SmaCross, h1, size=size)
+
+
+def test_an_unreasonable_commission_is_refused_with_the_accepted_range(h1: np.ndarray) -> None:
+    assert backtest(SmaCross, h1, commission=MAX_COMMISSION).commission == 0.01
+    accepted = r"commission must be a fraction of each fill's notional in \[0, 0\.01\]"
+    with pytest.raises(
+        ConfigError, match=rf"{accepted} .*got 2; for 2 bp pass 0\.0002, for 2 per "
+    ):
+        backtest(SmaCross, h1, commission=2)
+    with pytest.raises(ConfigError, match=r"got 0\.05; for 0\.05 % pass 0\.0005$"):
+        backtest(SmaCross, h1, commission=0.05)
+    with pytest.raises(ConfigError, match=rf"{accepted} .*got nan$"):
+        backtest(SmaCross, h1, commission=float("nan"))
+
+
+def test_no_bars_is_a_clear_error(h1: np.ndarray) -> None:
+    for run in (backtest, sweep):
+        with pytest.raises(DataError, match=f"{run.__name__} got no bars"):
+            run(SmaCross, h1[:0])
+
+
+def test_sweep_says_how_many_combinations_it_skips_and_why(h1: np.ndarray) -> None:
+    grid = {"fast": [5, 20, 50], "slow": [10, 40]}
+    with pytest.warns(
+        UserWarning,
+        match=r"skipping 3 of 6 combinations .* e\.g\. SmaCross\{'fast': 20, 'slow': 10\}: fast "
+        r"\(20\) must be shorter than slow",
+    ):
+        table = sweep(SmaCross, h1[:500], grid=grid, progress=False, workers=1)
+    assert sorted(zip(table["fast"], table["slow"], strict=True)) == [(5, 10), (5, 40), (20, 40)]
+    with pytest.raises(ConfigError, match=r"all 2 combinations of the grid are invalid, e\.g\. "):
+        sweep(SmaCross, h1[:500], grid={"fast": [50], "slow": [10, 40]}, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a grid without invalid combinations says nothing
+        sweep(SmaCross, h1[:500], grid={"fast": [5], "slow": [10, 40]}, progress=False, workers=1)
