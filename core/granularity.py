@@ -10,13 +10,15 @@ OANDA's default) and monthly bars on the first daily boundary of the month. Both
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
 
-from osm.core.errors import UnknownNameError
+from osm.core.errors import UnknownNameError, did_you_mean
 
 NS = 1_000_000_000
 _FIXED_SECONDS = {
@@ -46,11 +48,69 @@ class Alignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 OANDA_ALIGNMENT = Alignment()
 
 
+# Typical lengths, to rank granularities by how close they are to a misspelled one.
+_TYPICAL_SECONDS = {**_FIXED_SECONDS, "D": 86_400, "W": 7 * 86_400, "M": 30.44 * 86_400}
+_UNIT_SECONDS = {"S": 1, "M": 60, "H": 3600, "D": 86_400, "W": 7 * 86_400}
+# "M7" (OANDA's order, M = minutes) or "7m", "15min", "4h" (number first; "1M" is a month).
+_UNIT_FIRST = re.compile(r"([SMHDW])(\d+)", re.IGNORECASE)
+_NUMBER_FIRST = re.compile(r"(\d+)\s*(s|sec|m|min|h|d|w|M)", re.IGNORECASE)
+
+
+class UnknownGranularityError(UnknownNameError):
+    """A name that is not an OANDA granularity; suggests the real ones nearest in length."""
+
+    def __init__(self, name: object) -> None:
+        super().__init__("granularity", name, GRANULARITIES)
+
+    def _text(self) -> str:
+        nearest = nearest_granularities(str(self.name))
+        hint = (
+            f" Did you mean {' or '.join(repr(g) for g in nearest)}?"
+            if nearest
+            else did_you_mean(str(self.name), GRANULARITIES)
+        )
+        return f"unknown granularity {self.name!r}.{hint} Known: {' '.join(GRANULARITIES)}"
+
+
 def check_granularity(name: str) -> str:
-    """Return `name` if it is an OANDA granularity, else raise with the closest one."""
+    """Return `name` if it is an OANDA granularity, else raise with the nearest ones."""
     if name not in GRANULARITIES:
-        raise UnknownNameError("granularity", name, GRANULARITIES)
+        raise UnknownGranularityError(name)
     return name
+
+
+def nearest_granularities(name: str) -> list[str]:
+    """Return the granularities nearest in length to `name`, closest first, or [] if unreadable.
+
+    ``"m15"`` gives ``["M15"]``; ``"M60"`` ``["H1"]``; ``"M7"`` the ones either side, nearer
+    first by the ratio of lengths, ``["M5", "M10"]`` (7/5 = 1.40 is nearer than 10/7 = 1.43);
+    ``"S1"`` only ``["S5"]``, nothing being shorter. Number-first names read as elsewhere:
+    ``"15m"`` and ``"15min"`` are minutes, ``"4h"`` hours, ``"1M"`` a month.
+    """
+    text = name.strip()
+    if text.upper() in GRANULARITIES:
+        return [text.upper()]
+    seconds = _seconds(text)
+    if seconds is None:
+        return []
+    shorter = [g for g, s in _TYPICAL_SECONDS.items() if s <= seconds]
+    longer = [g for g, s in _TYPICAL_SECONDS.items() if s > seconds]
+    if shorter and _TYPICAL_SECONDS[shorter[-1]] == seconds:
+        return [shorter[-1]]
+    either_side = ([shorter[-1]] if shorter else []) + longer[:1]
+    return sorted(either_side, key=lambda g: abs(math.log(_TYPICAL_SECONDS[g] / seconds)))
+
+
+def _seconds(text: str) -> float | None:
+    if match := _UNIT_FIRST.fullmatch(text):
+        unit, count = match.group(1).upper(), int(match.group(2))
+        seconds = _UNIT_SECONDS[unit] * count
+    elif match := _NUMBER_FIRST.fullmatch(text):
+        count, unit = int(match.group(1)), match.group(2)
+        seconds = count * (_TYPICAL_SECONDS["M"] if unit == "M" else _UNIT_SECONDS[unit[0].upper()])
+    else:
+        return None
+    return seconds or None
 
 
 def step_ns(granularity: str) -> int | None:

@@ -6,12 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from osm.core.errors import UnknownNameError
 from osm.core.granularity import (
     GRANULARITIES,
     NS,
     Alignment,
     bar_open,
     bar_opens,
+    check_granularity,
+    nearest_granularities,
     next_open,
     step_ns,
 )
@@ -89,3 +92,37 @@ def test_bars_tile_time_and_vectorised_form_agrees(granularity: str) -> None:
         step = step_ns(granularity)
         if step is not None:
             assert following - o == step
+
+
+@pytest.mark.parametrize(
+    ("name", "nearest"),
+    [
+        ("M7", ["M5", "M10"]),  # 7/5 = 1.40 is nearer than 10/7 = 1.43
+        ("M3", ["M4", "M2"]),
+        ("H5", ["H6", "H4"]),
+        ("H9", ["H8", "H12"]),
+        ("S1", ["S5"]),  # nothing shorter
+        ("M60", ["H1"]),  # the same length
+        ("H24", ["D"]),
+        ("W2", ["W", "M"]),
+        ("h4", ["H4"]),  # the case
+        ("m", ["M"]),
+        ("15m", ["M15"]),  # number first, as other libraries write it
+        ("4h", ["H4"]),
+        ("1M", ["M"]),
+        ("hourly", []),
+    ],
+)
+def test_an_unknown_granularity_suggests_the_nearest_in_length(name, nearest) -> None:
+    assert nearest_granularities(name) == nearest
+    with pytest.raises(UnknownNameError) as caught:
+        check_granularity(name)
+    if nearest:
+        assert f"Did you mean {' or '.join(map(repr, nearest))}?" in str(caught.value)
+    assert "Known: S5 S10 S15 S30 M1 M2 M4 M5 M10 M15 M30 H1 H2 H3 H4" in str(caught.value)
+
+
+def test_m7_no_longer_suggests_the_monthly_granularity() -> None:
+    with pytest.raises(KeyError, match=r"unknown granularity 'M7'\. Did you mean 'M5' or 'M10'\?"):
+        check_granularity("M7")
+    assert all(check_granularity(g) == g for g in GRANULARITIES)
