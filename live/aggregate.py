@@ -1,5 +1,8 @@
 """Tick validation and tick-to-bar aggregation kernels of the router (numba, pure over arrays).
 
+The aggregation itself is :func:`osm.core.resample.fold`, the one kernel research uses as well;
+this module validates ticks and drives it batch by batch.
+
 Array contract: a batch of ticks is three equal-length arrays in arrival order, `time` int64 ns UTC,
 `bid` and `ask` float64. The forming bars of one instrument are three arrays over its G
 granularities: `f_time` int64 (open time, or NO_BAR), `f_px` float64 (G, 8) in PRICE_FIELDS order
@@ -13,10 +16,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS
 from osm.core.granularity import Alignment, bar_opens, step_ns
+from osm.core.resample import NO_BAR, Closed, Forming, fold, from_bars, tick_rows, to_bars
 
-NO_BAR = np.iinfo(np.int64).min
+__all__ = [
+    "ACCEPTED", "NO_BAR", "REASONS", "aggregate", "from_bars", "ingest", "opens_of", "to_bars",
+    "validate",
+]  # fmt: skip
 
 ACCEPTED = 0
 NON_FINITE = 1
@@ -75,30 +81,12 @@ def aggregate(
 ) -> int:
     """Fold accepted ticks into the forming bars; write the bars they close to `c_*`, return how many.
 
+    :func:`osm.core.resample.fold` on ticks, the kernel research's ``ticks_to_bars`` uses too.
     `c_*` need room for G * n bars (each tick closes at most one bar per granularity). A bar closes
     when the first tick of a later bar arrives; closed bars come out in time order per granularity.
     """
-    k = 0
-    for i in range(len(bid)):
-        b, a = bid[i], ask[i]
-        for g in range(opens.shape[0]):
-            if opens[g, i] != f_time[g]:
-                if f_time[g] != NO_BAR:
-                    c_gran[k], c_time[k], c_n[k] = g, f_time[g], f_n[g]
-                    c_px[k, :] = f_px[g, :]
-                    k += 1
-                f_time[g], f_n[g] = opens[g, i], 1
-                f_px[g, 0] = f_px[g, 1] = f_px[g, 2] = f_px[g, 3] = b
-                f_px[g, 4] = f_px[g, 5] = f_px[g, 6] = f_px[g, 7] = a
-            else:
-                f_n[g] += 1
-                f_px[g, 1] = max(f_px[g, 1], b)
-                f_px[g, 2] = min(f_px[g, 2], b)
-                f_px[g, 3] = b
-                f_px[g, 5] = max(f_px[g, 5], a)
-                f_px[g, 6] = min(f_px[g, 6], a)
-                f_px[g, 7] = a
-    return k
+    forming = Forming(f_time, f_px, f_n)
+    return fold(tick_rows(bid, ask), opens, forming, Closed(c_gran, c_time, c_px, c_n))
 
 
 @njit(cache=True)
@@ -166,20 +154,3 @@ def opens_of(time: np.ndarray, granularities: list[str], alignment: Alignment) -
         step = step_ns(name)
         opens[g] = time - time % step if step is not None else bar_opens(time, name, alignment)
     return opens
-
-
-def to_bars(
-    times: np.ndarray, prices: np.ndarray, counts: np.ndarray, complete: bool
-) -> np.ndarray:
-    """Pack kernel outputs into BAR_DTYPE rows."""
-    bars = np.empty(len(times), BAR_DTYPE)
-    bars["time"], bars["ticks"], bars["complete"] = times, counts, complete
-    for j, field in enumerate(PRICE_FIELDS):
-        bars[field] = prices[:, j]
-    return bars
-
-
-def from_bars(bars: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unpack BAR_DTYPE rows into (times, (n, 8) prices, counts)."""
-    prices = np.stack([bars[f] for f in PRICE_FIELDS], axis=1).astype(np.float64)
-    return bars["time"].astype(np.int64), prices, bars["ticks"].astype(np.int64)

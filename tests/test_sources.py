@@ -10,10 +10,10 @@ import pytest
 
 from osm.core.config import FeedConfig
 from osm.core.dtypes import PRICE_FIELDS
-from osm.core.errors import ConfigError, UnknownNameError
+from osm.core.errors import ConfigError, DataError, UnknownNameError
 from osm.core.granularity import NS
 from osm.live.feeds import open_source, register_source, source_class
-from osm.live.feeds.replay import ReplaySource, load_ticks
+from osm.live.feeds.replay import ReplaySource, replay_ticks
 from osm.live.feeds.synthetic import SyntheticSource
 from tests.test_router import run_kernel
 
@@ -104,11 +104,11 @@ def test_replay_of_ticks_equals_the_file(ticks_file: Path, tmp_path: Path) -> No
     np.testing.assert_array_equal(ticks["time"], expected.view(np.int64))
     parquet = tmp_path / "ticks.parquet"
     frame.to_parquet(parquet)
-    np.testing.assert_array_equal(load_ticks(parquet), ticks)
+    np.testing.assert_array_equal(replay_ticks(parquet), ticks)
 
 
 def test_replay_of_bars_rebuilds_those_bars(m1_file: Path) -> None:
-    ticks = load_ticks(m1_file)
+    ticks = replay_ticks(m1_file)
     m1 = pd.read_csv(m1_file)
     assert len(ticks) == 4 * len(m1)
     assert np.all(ticks["ask"] >= ticks["bid"])
@@ -150,9 +150,9 @@ def test_replay_errors_say_how_to_fix(tmp_path: Path) -> None:
         ReplaySource(
             FeedConfig(kind="replay", file="x.csv", instruments=["EUR_USD", "USD_JPY"]), 0, {}
         )
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_ticks(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="no such data file"):
+        replay_ticks(tmp_path / "missing.csv")
     wrong = tmp_path / "wrong.csv"
-    wrong.write_text("time_utc,price\n2024-01-02T10:00:00Z,1.1\n")
-    with pytest.raises(ValueError, match="neither ticks"):
-        load_ticks(wrong)
+    wrong.write_text("time_utc,last\n2024-01-02T10:00:00Z,1.1\n")
+    with pytest.raises(DataError, match=r"neither ticks.*columns=\{'Time': 'time', 'Bid'"):
+        replay_ticks(wrong)
