@@ -30,8 +30,9 @@ test: $(STAMP) lint
 test-all: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# Jupyter refuses to run as root unless told to (containers often run as root).
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
