@@ -5,6 +5,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+EXIT_CONFIG = 78
+"""Exit status of a live process that cannot run as configured (sysexits' EX_CONFIG).
+
+A process exits with it when restarting would only fail again: a bad setting, a missing or unusable
+file, an unknown name. The supervisor does not restart such a process; it marks it ``failed`` with
+the process's last log line as the reason, and ``osm up`` reports that line. Any other non-zero
+status (a crash, a signal) is a fault the supervisor restarts with backoff.
+"""
+
 
 class OsmError(Exception):
     """Base of every error osm raises on purpose."""
@@ -40,6 +49,10 @@ class DataError(OsmError, ValueError):
 
 class SystemNotRunning(OsmError, RuntimeError):
     """No osm system answers in this run directory."""
+
+
+CONFIG_ERRORS = (ConfigError, UnknownNameError, DataError)
+"""What a process raises when it cannot run as configured; it then exits with EXIT_CONFIG."""
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

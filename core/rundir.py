@@ -7,13 +7,16 @@ Layout::
     supervisor.pid    the daemon's pid
     logs/             one log per process
     store/bars/       the Parquet bar store and its journals
+    state/            each feeder's acknowledged position (feeder.NAME.json)
     db/               SQLite journals (orders, fills, jobs)
     keys/             CURVE keys and broker credentials, mode 0600
     jobs/             papermill outputs of live jobs
+    old/STAMP/        a run's store/, state/ and db/ set aside by ``osm up --fresh``
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -85,6 +88,27 @@ class RunDir:
     @property
     def pid_path(self) -> Path:
         return self.home / "supervisor.pid"
+
+    def feed_state_path(self, feed: str) -> Path:
+        """Where the feeder of `feed` keeps its acknowledged position (not created here)."""
+        return self.home / "state" / f"feeder.{feed}.json"
+
+    RUN_DATA = ("store", "state", "db")  # what a run accumulates: bars, feed positions, orders
+
+    def set_aside(self) -> Path | None:
+        """Move the run's bars, feed positions and orders to ``old/STAMP/``; return it (None: none).
+
+        The next system starts as in a new run directory, keeping config, keys and logs. Call it
+        only while no system runs here.
+        """
+        present = [self.home / name for name in self.RUN_DATA if (self.home / name).exists()]
+        if not present:
+            return None
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = self._dir("old", stamp)
+        for path in present:
+            path.rename(target / path.name)
+        return target
 
     def log_path(self, process: str) -> Path:
         return self.logs / f"{process}.log"
