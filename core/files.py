@@ -403,7 +403,8 @@ class _Table:
                 f"{self.example(spread_pips=1.0, instrument='EUR_USD')}"
             )
         prices = [self._numbers(name) for name in names]
-        below, above = {"mid": (spread / 2, spread / 2), "bid": (0.0, spread), "ask": (spread, 0.0)}[side]  # fmt: skip
+        # bid = price - below, ask = price + above
+        below, above = {"mid": (spread / 2,) * 2, "bid": (0.0, spread), "ask": (spread, 0.0)}[side]
         return {"bid": [p - below for p in prices], "ask": [p + above for p in prices]}
 
     def _missing(self, missing: list[str], kind: str) -> DataError:
@@ -508,9 +509,9 @@ class _Stamps:
                 f"{where}: column {self.name!r} does not match time_format={given!r} "
                 f"(first value {first!r}; {exc})"
             )
-        guess = guess_datetime_format(first) if first else None
-        example = self.table.example(time_format=guess or "%d.%m.%Y %H:%M:%S")
-        note = " (check the day and month order)" if guess else ""
+        guesses = _formats_of(text, first)
+        example = self.table.example(time_format=guesses[0] if guesses else "%d.%m.%Y %H:%M:%S")
+        note = f" (or time_format={guesses[1]!r} if the month comes first)" if guesses[1:] else ""
         return DataError(
             f"{where}: column {self.name!r} holds stamps that are not ISO-8601 (first value "
             f"{first!r}); give their strptime format with time_format=, e.g. {example}{note}"
@@ -565,6 +566,21 @@ class _Stamps:
             f"{self.table.example(time_unit='ms')}; if they are dates written as numbers, give "
             f"their format: {self.table.example(time_format='%Y%m%d')}"
         )
+
+
+def _formats_of(text: pd.Series, first: str) -> list[str]:
+    """Formats that read every stamp of `text`, those that keep them in order first, day-first
+    before month-first: the best guess, and the other reading where the day and month are
+    ambiguous."""
+    guesses = [guess_datetime_format(first, dayfirst=True), guess_datetime_format(first)]
+    fits = []
+    for fmt in dict.fromkeys(g for g in guesses if g):
+        try:
+            stamps = pd.to_datetime(text, format=fmt)
+        except (ValueError, TypeError):
+            continue
+        fits.append((not stamps.is_monotonic_increasing, fmt))
+    return [fmt for _, fmt in sorted(fits, key=lambda fit: fit[0])]
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
