@@ -8,13 +8,17 @@ Sockets (one owner: the loop thread)::
 
 The brain subscribes to bars before it asks for history, buffers the bars that arrive meanwhile,
 and merges both by open time, so the window has neither gaps nor duplicates. A live bar that does
-not follow the last one (a dropped message, a router restart) triggers a history request for the
-bars before it; if the router has none, the gap is the market's (a weekend) and the bar is taken.
+not follow the last one (a dropped message, a router restart), or is the first one after a warm-up
+that found no history, triggers a history request for the bars before it; if the router has none,
+the gap is the market's (a weekend) and the bar is taken.
 
 At warm-up the brain decides on the last bar it has, then on every new bar: the strategy's last
 target times `size`, sent as a Target whose client id is ``<brain>-<bar open ns>``. A restarted
 brain therefore resends the decision it may have sent already, and the trader refuses the
 duplicate instead of trading twice.
+
+Warm-up counts in ``warmups`` and is reported at once in a heartbeat: the supervisor starts the
+feeders of the brain's instrument only then, so a replay's first bar is decided like its last.
 """
 
 from __future__ import annotations
@@ -132,7 +136,9 @@ class Brain(Service):
         if not self._warm:
             self.series.extend(new)
             self._warm = True
+            self.counters["warmups"] += 1
             self.log.info("warmed up with %d bars", len(self.series))
+            self.heartbeat()  # the supervisor holds the feeders back until it hears this
             if len(self.series):
                 self._decide()  # maybe sent before a restart: the trader refuses a duplicate
         else:
@@ -149,7 +155,8 @@ class Brain(Service):
             if t <= self._last_time():
                 self.counters["bars_seen_twice"] += 1
                 continue
-            if len(self.series) and t > self._expected_next() and t > self._gap_checked_until:
+            follows = len(self.series) and t <= self._expected_next()
+            if not follows and t > self._gap_checked_until:
                 self._pending[t] = bar
                 self.counters["gaps"] += 1
                 self._ask_history(t)

@@ -24,13 +24,17 @@ import collections
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from osm.core import wire
 from osm.live.adapters.base import Book
 
 STATUSES = ("new", "sent", "filled", "refused", "noop", "lost")
 OPEN = ("new", "sent")
+# How many rows a reader asks for: SQLite's integers are 64-bit.
+Limit = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS orders (
@@ -218,7 +222,7 @@ class Journal:
         db.execute("COMMIT")
         return out
 
-    def orders(self, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+    def orders(self, limit: Limit = 100, status: str | None = None) -> list[dict[str, Any]]:
         """The latest orders, newest first, optionally of one status."""
         if status is None:
             rows = self._db.execute("SELECT * FROM orders ORDER BY seq DESC LIMIT ?", (limit,))
@@ -228,7 +232,7 @@ class Journal:
             )
         return [dict(r) for r in rows]
 
-    def fills(self, limit: int = 100) -> list[dict[str, Any]]:
+    def fills(self, limit: Limit = 100) -> list[dict[str, Any]]:
         """The latest fills, newest first."""
         rows = self._db.execute("SELECT * FROM fills ORDER BY seq DESC LIMIT ?", (limit,))
         return [dict(r) for r in rows]

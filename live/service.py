@@ -1,9 +1,24 @@
 """The shape every live process shares: one poll loop, handlers per socket, heartbeats, counters.
 
 A service binds or connects its sockets in :meth:`Service.setup`, registers one handler per readable
-socket with :meth:`Service.on`, and does periodic work in :meth:`Service.idle`. The loop decodes
-nothing itself; a handler that meets garbage calls :meth:`Service.reject`, which counts it by reason
-and logs it (rate-limited), and the process carries on. SIGTERM and SIGINT stop the loop cleanly.
+socket with :meth:`Service.on`, and does periodic work in :meth:`Service.idle`. SIGTERM and SIGINT
+stop the loop cleanly (:meth:`Service.teardown` runs).
+
+One policy for errors, in every process:
+
+- Garbage is input, not a bug. The loop decodes nothing itself; a handler that meets a malformed
+  frame or a message it cannot take calls :meth:`Service.reject`, which counts it by reason and logs
+  it, and the process carries on.
+- Anything a handler or :meth:`Service.idle` raises is a bug or a failure the process cannot reason
+  about (a journal that cannot write). Carrying on would leave the message half-applied (fills taken
+  from the broker and never journaled), so the process crashes instead: it logs the traceback and
+  one line saying what failed, skips its teardown (which might persist the half-applied state), and
+  exits with :data:`CRASHED`. The supervisor restarts it, and the new process recovers from its
+  journal exactly as after a ``kill -9``.
+
+Logs are throttled in one place, :class:`RepeatFilter`: a message logged again and again (a refused
+target per bar of a fast replay) is written once per :data:`REPEAT_S`, with the count of the repeats
+held back in between.
 """
 
 from __future__ import annotations
@@ -13,6 +28,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,6 +43,51 @@ from osm.live.bus import Bus
 
 Handler = Callable[[list[bytes]], None]
 M = TypeVar("M", bound=wire.Message)
+CRASHED = 1  # exit status of a process whose handler or idle work raised
+REPEAT_S = 10.0  # a repeated log message is written at most once this often
+
+
+class RepeatFilter(logging.Filter):
+    """Let a repeated log message through once per `interval_s` and count the repeats in between.
+
+    Messages are the same if they come from one logger at one level with the same format string
+    (``record.msg``, before its arguments are filled in), or the same ``repeat_key`` given in
+    ``extra``. The first message let through after repeats were held back ends with how many
+    there were; :meth:`flush` logs the counts still held (when the process stops).
+    """
+
+    def __init__(self, interval_s: float = REPEAT_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.interval_s, self._clock = interval_s, clock
+        self._seen: dict[tuple, list] = {}  # key: [last let through, held, level, message]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, getattr(record, "repeat_key", record.msg))
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval_s:
+            seen[1] += 1
+            return False
+        message = record.getMessage()
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{message} [and {_held(seen[1], now - seen[0])}]", None
+        if len(self._seen) > 10_000:  # messages that vary (not templated) must not pile up
+            self._seen = {k: v for k, v in self._seen.items() if v[1]}
+        self._seen[key] = [now, 0, record.levelno, message]
+        return True
+
+    def flush(self, log: logging.Logger) -> None:
+        """Log, for every message with repeats held back, how many there were."""
+        now = self._clock()
+        for key, (then, held, level, message) in list(self._seen.items()):
+            if held:
+                self._seen[key] = [now, 0, level, message]
+                text = f"{_held(held, now - then)}: {message}"
+                log.log(level, "%s", text, extra={"repeat_key": ("flush", key)})
+
+
+def _held(count: int, seconds: float) -> str:
+    return f"{count} more like it in the last {seconds:.0f} s, not logged"
 
 
 def now_ns() -> int:
@@ -47,7 +108,7 @@ class Service:
         self._handlers: dict[zmq.Socket, Handler] = {}
         self._poller = zmq.Poller()
         self._running = False
-        self._last_reject_log: dict[str, float] = {}
+        self.repeats = RepeatFilter()
         self._telemetry = self.bus.connect(zmq.PUSH, "telemetry")
         self._telemetry.setsockopt(zmq.SNDHWM, 10)
         self._next_heartbeat = 0.0
@@ -68,14 +129,15 @@ class Service:
         self._poller.register(sock, zmq.POLLIN)
 
     def reject(self, reason: str, detail: str = "") -> None:
-        """Count a refused input by reason and log it, at most once a second per reason."""
+        """Count a refused input by reason and log it (repeats throttled per reason)."""
         self.counters[f"rejected.{reason}"] += 1
-        now = time.monotonic()
-        if now - self._last_reject_log.get(reason, 0.0) >= 1.0:
-            self._last_reject_log[reason] = now
-            self.log.warning(
-                "rejected (%s, %d so far): %s", reason, self.counters[f"rejected.{reason}"], detail
-            )
+        self.log.warning(
+            "rejected (%s, %d so far): %s",
+            reason,
+            self.counters[f"rejected.{reason}"],
+            detail,
+            extra={"repeat_key": f"rejected.{reason}"},
+        )
 
     def decode(self, parts: list[bytes]) -> tuple[str, wire.AnyMessage] | None:
         """Parse [topic, payload] frames, or count the frame as malformed and return None."""
@@ -116,15 +178,26 @@ class Service:
         self._running = False
 
     def run(self) -> int:
+        """Set up, then serve until stopped; return the exit status (0, or CRASHED)."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        self.log.addFilter(self.repeats)
+        try:
+            return self._serve()
+        finally:
+            self.log.removeFilter(self.repeats)
+
+    def _serve(self) -> int:
         parent = os.getppid()
         self.setup()
         self._running = True
         self.log.info("%s %s started (pid %d)", self.role, self.name, os.getpid())
+        where = "starting"
         try:
             while self._running:
                 for sock, _ in self._poller.poll(self.poll_ms):
+                    handler = self._handlers[sock]
+                    where = f"in {handler.__name__}"
                     # Drain a burst before polling again; bounded so one socket cannot starve others.
                     for _ in range(1000):
                         try:
@@ -132,12 +205,8 @@ class Service:
                         except zmq.Again:
                             break
                         self.counters["messages_in"] += 1
-                        try:
-                            self._handlers[sock](parts)
-                        except Exception:
-                            # A bug met by one message must not take the process down with it.
-                            self.counters["errors"] += 1
-                            self.log.exception("handler failed on a message; carrying on")
+                        handler(parts)
+                where = "in idle"
                 self.idle()
                 if time.monotonic() >= self._next_heartbeat:
                     self._next_heartbeat = time.monotonic() + self.config.heartbeat_s
@@ -146,9 +215,18 @@ class Service:
                         # The supervisor died (even by kill -9): no orphan keeps trading unwatched.
                         self.log.error("parent process %d is gone; stopping", parent)
                         self._running = False
-        finally:
-            self.teardown()
-            self.heartbeat()
+        except Exception as exc:
+            # Leave as a kill -9 would: teardown might persist what the failed step half-applied.
+            first = next(iter(str(exc).splitlines()), "")
+            line = f"{self.role} {self.name} crashed {where}: {type(exc).__name__}: {first}"
+            self.repeats.flush(self.log)
+            self.log.critical("%s; exiting to be restarted", line, exc_info=True)
+            print(f"osm {line}", file=sys.stderr, flush=True)  # the last line, after the traceback
             self.bus.close()
-            self.log.info("%s %s stopped", self.role, self.name)
+            return CRASHED
+        self.teardown()
+        self.heartbeat()
+        self.bus.close()
+        self.repeats.flush(self.log)
+        self.log.info("%s %s stopped", self.role, self.name)
         return 0

@@ -11,6 +11,11 @@ several intervals, is killed and started again after an exponential backoff, at 
 ``max_restarts`` times. Stopping sends SIGTERM to every child (producers first), SIGKILL after a
 grace period, and removes ``endpoints.json`` and the pid file.
 
+A feeder starts only once every brain trading one of its instruments is warm (its heartbeat counts a
+warm-up) or gone (failed, exited), or has run WARM_WAIT_S without warming up: a replay then waits
+for its brains instead of racing them, and they decide its first bar as they decide its last. A
+restarted feeder does not wait again.
+
 Endpoints are planned once per system, so a restarted child binds or connects the same addresses
 and its peers reconnect by themselves.
 """
@@ -47,6 +52,8 @@ from osm.live.service import Service
 STALL_INTERVALS = 10  # heartbeat intervals without a beat before a process counts as hung
 MIN_STALL_S = 5.0  # ...but never less: a loaded machine delays beats by seconds
 STARTUP_GRACE_S = 60.0  # the first beat may wait for numba, pandas and pyarrow imports
+WARM_WAIT_S = 60.0  # longest a feeder waits for a running brain to warm up before it starts
+_GONE = ("failed", "exited")
 BACKOFF_CAP_S = 10.0  # longest wait before a restart
 HEALTHY_S = 30.0  # a process up this long has its backoff reset
 STOP_GRACE_S = 10.0  # SIGTERM to SIGKILL, per stopping phase
@@ -60,7 +67,7 @@ class Child:
     role: str
     name: str
     popen: subprocess.Popen | None = None
-    state: str = "starting"  # starting, running, backoff, failed, exited, stopped
+    state: str = "starting"  # waiting, starting, running, backoff, failed, exited, stopped
     started: float = 0.0  # monotonic time of the last launch
     restarts: int = 0
     failures: int = 0  # consecutive, for the backoff
@@ -70,6 +77,7 @@ class Child:
     last_beat: float | None = None  # monotonic time of the last heartbeat of this incarnation
     counters: dict[str, int] = field(default_factory=dict)
     carried: collections.Counter[str] = field(default_factory=collections.Counter)
+    waits_for: tuple[str, ...] = ()  # brains to be warm before the first launch (of a feeder)
 
     def totals(self) -> collections.Counter[str]:
         """Counters summed over every incarnation (a crash must not hide its rejects)."""
@@ -85,7 +93,14 @@ class Supervisor(Service):
         super().__init__("supervisor", rundir, config, endpoints)
         self.stall_s = max(STALL_INTERVALS * config.heartbeat_s, MIN_STALL_S)
         self.children = [Child("router", "router"), Child("trader", "trader")]
-        self.children += [Child("feeder", f.name) for f in config.feeds]
+        self.children += [
+            Child(
+                "feeder",
+                f.name,
+                waits_for=tuple(b.name for b in config.brains if b.instrument in f.instruments),
+            )
+            for f in config.feeds
+        ]
         self.children += [Child("brain", b.name) for b in config.brains]
         self._by_name = {c.name: c for c in self.children}
         self._next_check = 0.0
@@ -96,7 +111,11 @@ class Supervisor(Service):
         self.on(self._telemetry_in, self._on_telemetry)
         self.on(self._control, self._on_control)
         for child in self.children:
-            self._launch(child)
+            if child.waits_for:
+                child.state = "waiting"
+                child.reason = f"for {', '.join(child.waits_for)} to warm up"
+            else:
+                self._launch(child)
 
     def idle(self) -> None:
         now = time.monotonic()
@@ -132,6 +151,9 @@ class Supervisor(Service):
         if child.popen is None:
             if child.state == "backoff" and now >= child.next_start:
                 self._launch(child)
+            elif child.state == "waiting" and self._brains_ready(child, now):
+                child.reason = ""
+                self._launch(child)
             return
         code = child.popen.poll()
         if code is not None:
@@ -151,6 +173,18 @@ class Supervisor(Service):
             self._failed(child, f"no heartbeat for {silent:.0f} s; killed", now)
         elif child.last_beat is not None and now - child.started > HEALTHY_S:
             child.failures = 0
+
+    def _brains_ready(self, child: Child, now: float) -> bool:
+        """Whether every brain `child` waits for is warm or gone; or, running, too slow to warm."""
+        brains = [self._by_name[name] for name in child.waits_for]
+        cold = [b for b in brains if not b.counters.get("warmups") and b.state not in _GONE]
+        if not cold:
+            return True
+        if any(b.state != "running" or now - b.started < WARM_WAIT_S for b in cold):
+            return False
+        names = ", ".join(b.name for b in cold)
+        self.log.warning("%s starts although %s did not warm up", child.name, names)
+        return True
 
     def _failed(self, child: Child, reason: str, now: float) -> None:
         child.reason = reason
@@ -184,7 +218,7 @@ class Supervisor(Service):
                 child.exit_code = child.popen.wait()
             child.popen, child.state = None, "stopped"
         for child in children:
-            if child.state == "backoff":
+            if child.state in ("backoff", "waiting"):
                 child.state = "stopped"
 
     # -- sockets -------------------------------------------------------------------------------

@@ -10,10 +10,14 @@ Sockets (one owner: the loop thread)::
                                 and every second while held), order.<brain> OrderReply
 
 A Target asks for a position: the order sent is the target minus what that brain holds and has
-pending in the instrument. Every order's intent is committed to the journal before the broker
-sees it, so a kill -9 at any instant leaves each client id journaled once and executed at most
-once; on restart positions are rebuilt from the journaled fills and open orders handed back to the
-broker. Commands: status, halt, resume, flatten, orders, fills, positions (see `_command`).
+pending in the instrument. The order rate is limited in market time, the clock of the quotes
+received (see :mod:`osm.live.risk`). Every order's intent is committed to the journal before the
+broker sees it, so a kill -9 at any instant leaves each client id journaled once and executed at
+most once; on restart positions are rebuilt from the journaled fills and open orders handed back to
+the broker. A trader that cannot journal what happened (a fill) crashes, as every live process does
+on an error it cannot reason about (:mod:`osm.live.service`), and its restart recovers the same way.
+Commands: status, halt, resume, flatten, orders, fills, positions (see `_command`); their arguments
+are checked against the handlers' signatures and types.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import dataclasses
 import inspect
 import os
 import time
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import numpy as np
 import zmq
 
 from osm.core import wire
@@ -38,6 +44,12 @@ from osm.live.risk import Refusal, Risk
 from osm.live.service import Service, now_ns
 
 POSITIONS_EVERY_S = 1.0
+_INT64 = 2**63
+
+
+def _fits(value: int) -> bool:
+    """Whether `value` fits the journal's 64-bit integers (msgpack carries up to 2**64 - 1)."""
+    return -_INT64 <= value < _INT64
 
 
 class Trader(Service):
@@ -53,6 +65,7 @@ class Trader(Service):
         self._books: dict[str, Book] = {}
         self._brain_units: collections.Counter[tuple[str, str]] = collections.Counter()
         self._unmarked: list[str] = []  # client ids submitted since the last drain
+        self._market_ns = 0  # time of the newest valid quote: the market's clock
         self._recover()
         self._next_positions = 0.0
         self._requests = self.bus.bind(zmq.ROUTER, "trader_orders")
@@ -138,6 +151,11 @@ class Trader(Service):
         if not message.client_id:
             text = "client_id must be a non-empty string unique to this order"
             return self._refuse(order, kind, target, Refusal("bad_order", text), journal=False)
+        if not (_fits(message.units) and _fits(message.after_ns)):
+            text = (
+                f"units and after_ns must fit in 64 bits, got {message.units}, {message.after_ns}"
+            )
+            return self._refuse(order, kind, target, Refusal("bad_order", text), journal=False)
         known = self.journal.lookup(message.client_id)
         if known is not None:
             text = (
@@ -173,7 +191,10 @@ class Trader(Service):
         self, order: wire.Order, kind: str, target: int | None, flatten: bool = False
     ) -> wire.OrderReply:
         _, total = self._projected(order.brain, order.instrument)
-        refusal = self.risk.check(order.instrument, order.units, total, flatten=flatten)
+        at_ns = self.risk.market_time(order.brain, order.after_ns, self._market_ns)
+        refusal = self.risk.check(
+            order.instrument, order.units, total, at_ns=at_ns, flatten=flatten
+        )
         if refusal is not None:
             return self._refuse(order, kind, target, refusal)
         now = now_ns()
@@ -182,7 +203,7 @@ class Trader(Service):
             return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
         self.broker.submit(order)
         self._unmarked.append(order.client_id)
-        self.risk.record()
+        self.risk.record(order.brain, at_ns)
         self.counters["orders_sent"] += 1
         return self._announce(wire.OrderReply(order.client_id, True, units=order.units), order)
 
@@ -219,6 +240,10 @@ class Trader(Service):
         ticks = self.rows(message)
         if ticks is None:
             return
+        bid, ask = ticks["bid"], ticks["ask"]
+        valid = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid)
+        if valid.any():
+            self._market_ns = max(self._market_ns, int(ticks["time"][valid].max()))
         refused = self.broker.on_quotes(message.instrument, ticks)
         if refused:
             self.counters["quotes_refused"] += refused
@@ -261,20 +286,21 @@ class Trader(Service):
     # -- commands ---------------------------------------------------------------------------
 
     def _command(self, command: wire.Command) -> wire.Reply:
+        """Run a command whose arguments match its handler's signature and types; a handler that
+        raises after that is a bug, and crashes the trader like any other."""
         handler = self._commands.get(command.name)
         if handler is None:
             self.reject("unknown_command", command.name)
             error = str(UnknownNameError("trader command", command.name, self._commands))
             return wire.Reply(False, error=error)
         try:
-            inspect.signature(handler).bind(**command.args)
-        except TypeError as exc:
+            args = inspect.signature(handler).bind(**command.args).arguments
+            hints = typing.get_type_hints(handler, include_extras=True)
+            args = {k: msgspec.convert(v, hints.get(k, Any)) for k, v in args.items()}
+        except (TypeError, msgspec.ValidationError) as exc:
+            self.reject("bad_command", f"{command.name}: {exc}")
             return wire.Reply(False, error=f"bad arguments for {command.name!r}: {exc}")
-        try:
-            return wire.Reply(True, data=handler(**command.args))
-        except Exception as exc:  # e.g. limit="ten": answer, so the caller does not wait in vain
-            self.log.exception("command %s failed", command.name)
-            return wire.Reply(False, error=f"{command.name} failed: {exc}")
+        return wire.Reply(True, data=handler(**args))
 
     def _status(self) -> dict[str, Any]:
         return {
@@ -285,7 +311,8 @@ class Trader(Service):
             "halt_reason": self.risk.halt_reason,
             "account": self.broker.account(),
             "open_orders": len(self.broker.pending()),
-            "orders_last_minute": self.risk.orders_last_minute(),
+            "market_time_ns": self._market_ns,
+            "orders_last_minute": self.risk.orders_last_minute(self._market_ns),
             "limits": msgspec.to_builtins(self.risk.limits),
             "counters": dict(self.counters),
         }

@@ -6,6 +6,9 @@ and, in the first test, for the trader (a ROUTER at ``trader_orders``).
 
 from __future__ import annotations
 
+import logging
+import re
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import zmq
 from osm.core import wire
 from osm.core.config import BrainConfig, SystemConfig, TraderConfig
 from osm.core.dtypes import as_ticks, empty_bars
+from osm.live.service import RepeatFilter
 from tests.live_helpers import LiveSystem, wait_for
 from tests.strategies_for_tests import Alternate
 
@@ -240,3 +244,76 @@ def test_with_a_real_trader_restart_does_not_duplicate_and_fills_match_backtest(
     want = [(int(span["time"][r["bar"]]), int(r["units"]), r["price"]) for r in expected[:count]]
     assert len(want) >= 3
     assert fills == want
+
+
+def test_a_brain_whose_every_target_is_refused_logs_it_once_with_a_count(system):
+    router = Router(system)
+    trader = system.bind(zmq.ROUTER, "trader_orders")
+    system.start("brain", "b1")
+    router.wait_subscription("bar.EUR_USD.M1", "b1")
+    identity, _ = router.request("b1")
+    router.answer(identity, list(range(0, 20)))
+    for i in range(20, 60):
+        router.bar(i)
+    for _ in range(41):  # the warm-up decision on bar 19, then one per bar
+        wait_for(lambda: system.alive("b1") or trader.poll(50), TIMEOUT, "a target")
+        peer, _, payload = trader.recv_multipart()
+        target = wire.decode(payload)
+        reply = wire.OrderReply(target.client_id, False, "trading is halted (a test)")
+        trader.send_multipart([peer, *wire.frames("order_reply", reply)])
+    system.wait_counter("b1", "refused", 41, TIMEOUT)
+    assert system.kill("b1", signal.SIGTERM) == 0  # a clean stop logs the repeats held back
+
+    lines = [
+        line
+        for line in (system.rundir.logs / "b1.log").read_text().splitlines()
+        if "refused: trading is halted (a test)" in line
+    ]
+    # Each line stands for itself and the repeats it counts, or (the last) for the repeats only.
+    suffix = r"\[and (\d+) more like it in the last \d+ s, not logged\]$"
+    counted = sum(int(m[1]) for line in lines if (m := re.search(suffix, line)))
+    flushed = re.search(
+        r"osm\.b1: (\d+) more like it in the last \d+ s, not logged: target ", lines[-1]
+    )
+    assert 2 <= len(lines) <= 5, lines  # once, then the count at the stop (more if slow)
+    assert flushed and len(lines) - 1 + counted + int(flushed[1]) == 41
+
+
+def test_repeat_filter_lets_a_message_through_once_per_interval_with_the_count():
+    clock = [0.0]
+    log = logging.getLogger("osm.test_repeats")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    log.addHandler(Keep())
+    repeats = RepeatFilter(interval_s=10.0, clock=lambda: clock[0])
+    log.addFilter(repeats)
+    try:
+        for k in range(5):
+            log.warning("target %s refused", k)
+            log.warning("rejected (%s)", "rate", extra={"repeat_key": "rate"})
+            log.warning("rejected (%s)", "halted", extra={"repeat_key": "halted"})
+            clock[0] += 1.0
+        log.info("target %s refused", "at another level")
+        clock[0] = 12.0
+        log.warning("target %s refused", 99)
+        log.warning("rejected (%s)", "rate", extra={"repeat_key": "rate"})
+        repeats.flush(log)
+        repeats.flush(log)  # nothing more held back: nothing more logged
+    finally:
+        log.removeFilter(repeats)
+        log.handlers.clear()
+    assert [r.getMessage() for r in records] == [
+        "target 0 refused",
+        "rejected (rate)",
+        "rejected (halted)",
+        "target at another level refused",
+        "target 99 refused [and 4 more like it in the last 12 s, not logged]",
+        "rejected (rate) [and 4 more like it in the last 12 s, not logged]",
+        "4 more like it in the last 12 s, not logged: rejected (halted)",
+    ]

@@ -6,6 +6,7 @@ trader's subscription has arrived, so no tick is published into the void) and fe
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import time
@@ -17,7 +18,10 @@ import zmq
 from osm.core import wire
 from osm.core.config import RiskLimits, SystemConfig, TraderConfig
 from osm.core.dtypes import as_ticks
+from osm.core.errors import OsmError
+from osm.live.client import Client
 from tests.live_helpers import LiveSystem, wait_for
+from tests.system_helpers import process, running_system, write_config
 
 S = 1_000_000_000
 T0 = 1_400_000_000 * S
@@ -196,7 +200,14 @@ def test_refusals_say_why_are_counted_and_the_trader_carries_on(trader):
     bad = trader.request(wire.Command("orders", {"limits": 5}))
     assert not bad.ok and "bad arguments for 'orders'" in bad.error
     bad = trader.request(wire.Command("orders", {"limit": "ten"}))
-    assert not bad.ok and bad.error.startswith("orders failed")
+    assert not bad.ok and "bad arguments for 'orders': Expected `int`, got `str`" in bad.error
+    bad = trader.request(wire.Command("fills", {"limit": 2**64 - 1}))  # beyond SQLite's integers
+    assert not bad.ok and "bad arguments for 'fills'" in bad.error
+    bad = trader.request(wire.Command("halt", {"reason": ["not", "text"]}))
+    assert not bad.ok and "bad arguments for 'halt'" in bad.error
+    assert not trader.command("status")["halted"]  # nothing half-done
+    huge = trader.order(2**64 - 1, "huge")  # msgpack carries it; the journal could not
+    assert not huge.accepted and "fit in 64 bits" in huge.reason
     assert len(trader.command("orders", limit=2)) == 2
 
 
@@ -233,16 +244,32 @@ def test_halt_refuses_flatten_closes_and_a_restart_keeps_the_halt(trader):
     assert trader.order(1_000, "x3", brain="x").accepted
 
 
-def test_max_orders_per_minute(home):
+def test_max_orders_per_minute_counts_market_time(home):
     harness = TraderHarness(home, RiskLimits(max_orders_per_minute=5))
     try:
         harness.start()
+        # No quote yet: the market clock stands still, so every order counts in one minute.
         replies = [harness.order(1_000, f"r{i}") for i in range(7)]
         assert [r.accepted for r in replies] == [True] * 5 + [False] * 2
         assert "max_orders_per_minute" in replies[5].reason
         assert harness.counters()["rejected.rate"] == 2
         (row,) = harness.command("flatten")  # flattening is not rate-limited
         assert (row["units"], row["accepted"]) == (-5_000, True)
+
+        # A replay's quotes run ahead; the decisions that follow, one per bar, are sent within
+        # milliseconds but each counts at its own bar: none is refused.
+        harness.tick(T0 + 3600 * S, 1.1000, 1.1002)
+        wait_for(
+            lambda: harness.command("status")["market_time_ns"] == T0 + 3600 * S,
+            TIMEOUT,
+            "the trader's market clock at the quote",
+        )
+        bars = [harness.order(1_000, f"bar{k}", after_ns=T0 + 60 * k * S) for k in range(1, 31)]
+        assert all(r.accepted for r in bars)
+        # Six about the same minute are one too many, however they are spread in wall time.
+        same = [harness.order(1_000, f"m{k}", after_ns=T0 + 3600 * S) for k in range(6)]
+        assert [r.accepted for r in same] == [True] * 5 + [False]
+        assert harness.command("status")["orders_last_minute"] == 5
     finally:
         harness.close()
 
@@ -334,3 +361,53 @@ def test_kill_minus_9_mid_stream_leaves_every_order_journaled_exactly_once(tmp_p
     assert {o[7] for o in orders} <= {"filled", "noop"}
     assert len(fills) == sum(o[7] == "filled" for o in orders) > n // 2
     assert runs["killed"] == (orders, fills, positions)
+
+
+# A fault the trader cannot reason about: the journal refuses the first fill of one order. The
+# trigger's condition lapses once a restarted trader has recovered the order (marked it 'sent').
+INJECTED_FAULT = """
+CREATE TRIGGER injected_fault BEFORE INSERT ON fills
+WHEN NEW.client_id = 'fault-1'
+    AND (SELECT status FROM orders WHERE client_id = NEW.client_id) = 'new'
+BEGIN SELECT RAISE(ABORT, 'injected fault: the journal cannot write'); END;
+"""
+
+
+@pytest.fixture
+def system(home):
+    yield from running_system(home)
+
+
+def test_a_failing_handler_crashes_the_trader_which_restarts_and_loses_nothing(home, system):
+    market = {"name": "market", "kind": "synthetic", "speed": 60, "start": "2024-03-05T08:00:00Z"}
+    system("--config", str(write_config(home, feeds=[market], router={"granularities": ["M1"]})))
+    client = Client(home)
+    try:
+        wait_for(lambda: client.trader("status")["market_time_ns"], TIMEOUT, "quotes")
+        with sqlite3.connect(home / "db" / "trader.sqlite") as db:
+            db.executescript(INJECTED_FAULT)
+        first = process(home, "trader")["pid"]
+        # The reply goes out before the fill is journaled; the crash may still cut it off.
+        with contextlib.suppress(OsmError):
+            assert client.order("EUR_USD", 1_000, client_id="fault-1").accepted
+
+        def restarted() -> dict | None:
+            p = process(home, "trader")
+            return p if p["state"] == "running" and p["pid"] != first else None
+
+        trader = wait_for(restarted, 60, "the trader restarted")
+        assert trader["restarts"] == 1 and trader["reason"] == "exited with code 1"
+        fills = wait_for(
+            lambda: [f for f in client.fills() if f["client_id"] == "fault-1"],
+            TIMEOUT,
+            "the order filled by the restarted trader",
+        )
+        assert len(fills) == 1 and fills[0]["units"] == 1_000
+        assert [o["status"] for o in client.orders() if o["client_id"] == "fault-1"] == ["filled"]
+        (position,) = client.positions()
+        assert (position["units"], position["brains"]) == (1_000, {"cli": 1_000})
+    finally:
+        client.close()
+    crash = "osm trader trader crashed in _on_request: IntegrityError: injected fault"
+    log = (home / "logs" / "trader.log").read_text().splitlines()
+    assert sum(line.startswith(crash) for line in log) == 1, log[-20:]
