@@ -2,25 +2,42 @@
 
 The system is found through its run directory (``endpoints.json``). Every request opens a fresh
 socket and waits at most ``timeout_s``, so a dead or wedged process never hangs the caller: it gets
-:class:`~osm.core.errors.SystemNotRunning`, which says what to run. A client's sockets belong to the
-thread that called; the context is shared, so one client may serve several threads one call at a time
-each, and a notebook widget thread should open its own :meth:`Client.subscribe`.
+:class:`~osm.core.errors.SystemNotRunning`, which says what to run. A request's socket belongs to the
+thread that called, so any thread (a widget's button callback, a magic) may send requests at any
+time. :meth:`Client.follow` starts a :class:`Follower`: one thread that owns its subscription and
+hands batches of closed bars, the forming bar, fills and positions to a callback.
+:meth:`Client.close` stops the followers and closes forgotten subscriptions, so it never hangs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import time
 import uuid
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import psutil
 import zmq
 
+from osm.core import config as cfg
 from osm.core import wire
-from osm.core.errors import OsmError, SystemNotRunning, WireError
+from osm.core.dtypes import BAR_DTYPE
+from osm.core.errors import ConfigError, OsmError, SystemNotRunning, WireError
+from osm.core.granularity import OANDA_ALIGNMENT, Alignment, check_granularity
+from osm.core.instruments import instrument as check_instrument
 from osm.core.rundir import RunDir
 from osm.live.bus import make_curve_client
+from osm.live.follow import BarMerge
+
+log = logging.getLogger(__name__)
 
 _WHO = {
     "supervisor_control": "the supervisor",
@@ -63,6 +80,7 @@ class Subscription:
 
     def __init__(self, sock: zmq.Socket) -> None:
         self._sock = sock
+        self.closed = False
 
     def recv(self, timeout_s: float) -> tuple[str, wire.AnyMessage] | None:
         """Return the next (topic, message), or None if nothing came within `timeout_s`.
@@ -78,6 +96,7 @@ class Subscription:
             return None
 
     def close(self) -> None:
+        self.closed = True
         self._sock.close(linger=0)
 
     def __enter__(self) -> Subscription:
@@ -108,8 +127,19 @@ class Client:
         self.timeout_s = timeout_s
         self.key_dir = key_dir or self.rundir.home / "keys"
         self._context = zmq.Context()
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._followers: weakref.WeakSet[Follower] = weakref.WeakSet()
 
     def close(self) -> None:
+        """Stop this client's followers, close its open subscriptions and free the context.
+
+        Never hangs: a subscription left open (its owner forgot, or died) is closed here.
+        """
+        for follower in list(self._followers):
+            follower.stop()
+        for subscription in list(self._subscriptions):
+            if not subscription.closed:
+                subscription.close()
         self._context.term()
 
     def __enter__(self) -> Client:
@@ -133,9 +163,15 @@ class Client:
             )
         return endpoints
 
-    def _connect(self, kind: int, name: str) -> zmq.Socket:
-        endpoints = self.endpoints()
-        sock = self._context.socket(kind)
+    def _connect(
+        self,
+        kind: int,
+        name: str,
+        context: zmq.Context | None = None,
+        endpoints: dict | None = None,
+    ) -> zmq.Socket:
+        endpoints = endpoints or self.endpoints()
+        sock = (context or self._context).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         try:
             if endpoints.get("curve"):
@@ -145,6 +181,13 @@ class Client:
             sock.close()
             raise
         return sock
+
+    def alignment(self) -> Alignment:
+        """The running system's bar alignment (OANDA's if its config cannot be read)."""
+        try:
+            return cfg.load(cfg.SystemConfig, self.rundir.config_path.read_bytes()).router.alignment
+        except (OSError, ConfigError):
+            return OANDA_ALIGNMENT
 
     def _ask(self, kind: int, name: str, message: wire.Message) -> wire.AnyMessage:
         sock = self._connect(kind, name)
@@ -243,4 +286,234 @@ class Client:
             sock.connect(self.endpoints()[name])
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        return Subscription(sock)
+        subscription = Subscription(sock)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def follow(
+        self,
+        instrument: str,
+        granularity: str,
+        count: int = 500,
+        sink: Callable[[Batch], None] | None = None,
+        hz: float = 4.0,
+    ) -> Follower:
+        """Start following one series: `count` bars of history, then live bars, the forming bar,
+        fills and positions, handed to `sink` in batches at most `hz` times a second.
+
+        `sink` runs on the follower's thread; without one, read batches with
+        :meth:`Follower.get`. Stop it with :meth:`Follower.stop` (or :meth:`close`).
+        """
+        follower = Follower(self, instrument, granularity, count, sink, hz)
+        self._followers.add(follower)
+        follower.start()
+        return follower
+
+
+class Batch(NamedTuple):
+    """What a follower hands over at once.
+
+    bars
+        Closed bars new since the last batch, in open-time order, each exactly once (BAR_DTYPE).
+    forming
+        The forming bar if it changed since the last batch (0 or 1 BAR_DTYPE row); never one that
+        is already closed.
+    fills
+        Fills since the last batch, every brain's (``wire.Fill``).
+    positions
+        The latest position of each instrument that changed (``wire.Position``).
+    """
+
+    bars: np.ndarray
+    forming: np.ndarray
+    fills: list[wire.Fill]
+    positions: list[wire.Position]
+
+    def __bool__(self) -> bool:
+        return bool(len(self.bars) or len(self.forming) or self.fills or self.positions)
+
+
+HISTORY_RETRY_S = 2.0  # resend a history request unanswered this long (the router was away)
+_ids = itertools.count()
+
+
+class Follower:
+    """One thread that follows a series of the running system; see :meth:`Client.follow`.
+
+    The thread owns every socket it uses (SUB on bars and trader events, DEALER for history, PULL
+    for the stop signal) and its own ZeroMQ context, so no other thread ever touches them;
+    :meth:`stop` may be called from any thread, the follower's own included.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        instrument: str,
+        granularity: str,
+        count: int,
+        sink: Callable[[Batch], None] | None,
+        hz: float,
+    ) -> None:
+        check_instrument(instrument)
+        check_granularity(granularity)
+        if count < 1:
+            raise ConfigError(f"count must be at least 1 bar, got {count}")
+        if not hz > 0:
+            raise ConfigError(f"hz must be positive (batches a second), got {hz}")
+        self.instrument, self.granularity, self.hz = instrument, granularity, hz
+        self.merge = BarMerge(granularity, count, client.alignment())
+        self.error: BaseException | None = None
+        self.batches_sent = 0
+        self._client = client
+        self._endpoints = client.endpoints()  # SystemNotRunning here, in the caller's thread
+        self._sink = sink
+        self._queue: queue.Queue[Batch] = queue.Queue()
+        self._context = zmq.Context()
+        self._control = f"inproc://osm-follower-{next(_ids)}"
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"osm-follow-{instrument}-{granularity}", daemon=True
+        )
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def get(self, timeout_s: float) -> Batch | None:
+        """The next batch (when following without a sink), or None after `timeout_s`."""
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to stop and wait for it (unless called from it)."""
+        self._stopping.set()
+        if self._ready.is_set() and self._thread.is_alive():
+            with contextlib.suppress(zmq.ZMQError):
+                poke = self._context.socket(zmq.PUSH)
+                try:
+                    poke.connect(self._control)
+                    poke.send(b"stop", zmq.NOBLOCK)
+                finally:
+                    poke.close(linger=100)
+        if threading.current_thread() is not self._thread and self._thread.ident is not None:
+            self._thread.join(timeout_s)
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        sockets: list[zmq.Socket] = []
+        try:
+            control = self._context.socket(zmq.PULL)
+            sockets.append(control)
+            control.bind(self._control)
+            self._ready.set()
+            self._loop(control, sockets)
+        except Exception as exc:  # the thread dies; say why where the user looks
+            self.error = exc
+            log.exception("follower of %s %s died", self.instrument, self.granularity)
+        finally:
+            self._ready.set()
+            for sock in sockets:
+                sock.close(linger=0)
+            self._context.term()
+
+    def _loop(self, control: zmq.Socket, sockets: list[zmq.Socket]) -> None:
+        i, g = self.instrument, self.granularity
+        closed_topic, forming_topic = f"bar.{i}.{g}", f"bar_partial.{i}.{g}"
+        sub = self._client._connect(zmq.SUB, "router_bars", self._context, self._endpoints)
+        sockets.append(sub)
+        sub.connect(self._endpoints["trader_events"])
+        for topic in (closed_topic, forming_topic, "fill.", "position."):
+            sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        history = self._client._connect(
+            zmq.DEALER, "router_history", self._context, self._endpoints
+        )
+        sockets.append(history)
+        poller = zmq.Poller()
+        for sock in (control, sub, history):
+            poller.register(sock, zmq.POLLIN)
+
+        bars: list[np.ndarray] = []
+        forming: np.ndarray | None = None
+        fills: list[wire.Fill] = []
+        positions: dict[str, wire.Position] = {}
+        sent: object = None  # the request last sent, to send each once (and retry)
+        sent_at = 0.0
+        interval = 1.0 / self.hz
+        next_flush = 0.0
+        while not self._stopping.is_set():
+            wanted = self.merge.wanted
+            now = time.monotonic()
+            if wanted is not None and (wanted is not sent or now - sent_at > HISTORY_RETRY_S):
+                request = wire.HistoryRequest(i, g, wanted.count, wanted.end_ns)
+                history.send_multipart(wire.frames("history", request))
+                sent, sent_at = wanted, now
+            pending = self.merge.warm and bool(bars or forming is not None or fills or positions)
+            wait = max(0.0, next_flush - now) if pending else HISTORY_RETRY_S
+            events = dict(poller.poll(wait * 1000))
+            if control in events:
+                break
+            if sub in events:
+                for _ in range(1000):  # drain a burst, but let the flush come
+                    try:
+                        parts = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    topic, message = self._parse(parts)
+                    if topic == closed_topic and isinstance(message, wire.Bars):
+                        bars.append(self.merge.live(message.array()))
+                    elif topic == forming_topic and isinstance(message, wire.Bars):
+                        forming = message.array()[-1:]
+                    elif isinstance(message, wire.Fill):
+                        fills.append(message)
+                    elif isinstance(message, wire.Position):
+                        positions[message.instrument] = message
+            if history in events:
+                topic, message = self._parse(history.recv_multipart())
+                if isinstance(message, wire.Bars):
+                    bars.append(self.merge.history(message.array()))
+                elif isinstance(message, wire.Reply):
+                    raise CommandFailed(f"the router refused the history request: {message.error}")
+            now = time.monotonic()
+            closed = np.concatenate(bars) if bars else np.empty(0, BAR_DTYPE)
+            if forming is not None and int(forming["time"][0]) <= self.merge.last_time:
+                forming = None  # closed meanwhile
+            batch = Batch(
+                closed,
+                forming[:1] if forming is not None else closed[:0],
+                fills,
+                [*positions.values()],
+            )
+            if batch and now >= next_flush and self.merge.warm:
+                self._hand(batch)
+                bars, forming, fills, positions = [], None, [], {}
+                next_flush = now + interval
+            else:
+                bars = [closed] if len(closed) else []
+
+    def _parse(self, parts: list[bytes]) -> tuple[str, wire.AnyMessage | None]:
+        try:
+            return wire.parse(parts)
+        except WireError:
+            self.merge.counters["undecodable"] += 1
+            return "", None
+
+    def _hand(self, batch: Batch) -> None:
+        self.batches_sent += 1
+        if self._sink is None:
+            self._queue.put(batch)
+            return
+        try:
+            self._sink(batch)
+        except Exception:  # a widget's bug must not stop the stream
+            self.merge.counters["sink_errors"] += 1
+            log.exception("a follower's sink failed on a batch")
