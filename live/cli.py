@@ -1,15 +1,16 @@
 """The `osm` command line: start, watch and steer the live system from a terminal or cron.
 
 Each subcommand parses its arguments and calls one plain function. User mistakes (a bad name, no
-system running, missing keys) print one line to stderr and exit 2; a refused order exits 1.
+system running, missing keys, a setting out of range, a file that is not ticks or bars) print one
+line to stderr and exit 2, before anything starts; a refused order exits 1.
 Every command takes ``--home DIR`` (default ``$OSM_HOME``, else ``~/.osm``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import datetime as dt
 import json
 import os
 import shutil
@@ -19,19 +20,20 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+import msgspec
 import numpy as np
 
 from osm.core import config as cfg
 from osm.core import wire
 from osm.core.dtypes import PRICE_FIELDS, mid
-from osm.core.errors import ConfigError, OsmError
+from osm.core.errors import EXIT_CONFIG, ConfigError, OsmError
 from osm.core.granularity import check_granularity
 from osm.core.instruments import instrument
 from osm.core.rundir import RunDir
+from osm.core.times import iso_utc
 from osm.live import supervisor
 from osm.live.bus import curve_keys_exist, generate_curve_keys
 from osm.live.client import Client
-from osm.strategies.base import load_strategy
 
 UP_TIMEOUT_S = 90.0  # a cold start imports numba, pandas and pyarrow in five processes at once
 
@@ -59,7 +61,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def _utc(time_ns: int) -> str:
-    return dt.datetime.fromtimestamp(time_ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """A time for a table: ``2024-03-05 08:06:00`` (UTC, to the second)."""
+    return iso_utc(time_ns).replace("T", " ").removesuffix("Z")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -81,6 +84,11 @@ def format_status(status: dict[str, Any]) -> str:
         f"up {_duration(status['uptime_s'])}, {status['transport']}"
         + (" with CURVE" if status["curve"] else "")
     )
+    if status.get("halted"):
+        head += (
+            f"\nTRADING HALTED ({status['halt_reason'] or 'no reason given'}): the trader refuses "
+            "every new order, across restarts, until `osm resume`"
+        )
     rows = []
     for p in status["processes"]:
         age = p["heartbeat_age_s"]
@@ -159,13 +167,16 @@ def _param(text: str) -> tuple[str, Any]:
 
 
 def build_config(args: argparse.Namespace) -> cfg.SystemConfig:
-    """The SystemConfig that `osm up` flags describe (or the one in --config FILE), with every
-    brain's strategy imported and its parameters checked, so a typo fails here and not in a
-    process that the supervisor would restart in vain."""
+    """The SystemConfig that `osm up` flags describe (or the one in --config FILE).
+
+    Its ``python_path`` is made absolute against the current folder, or is the current folder if
+    it names none: a strategy beside the user imports in every process as it would in ``python``.
+    Everything else is checked when the system starts (:mod:`osm.live.preflight`).
+    """
     config = _config_from_file(args.config) if args.config else _config_from_flags(args)
-    for brain in config.brains:
-        load_strategy(brain.strategy)(**brain.params)
-    return config
+    here = Path.cwd()
+    search = [str((here / p).resolve()) for p in config.python_path] or [str(here)]
+    return msgspec.structs.replace(config, python_path=search)
 
 
 def _config_from_file(path: str) -> cfg.SystemConfig:
@@ -210,20 +221,85 @@ def cmd_up(home: Path, args: argparse.Namespace) -> int:
     config = build_config(args)
     rundir = RunDir(home)
     if args.foreground:
-        return supervisor.run_foreground(rundir, config)
-    pid, started = supervisor.up(rundir, config, timeout_s=UP_TIMEOUT_S)
-    if started:
-        print(f"osm started in {rundir.home} (supervisor pid {pid})")
+        return supervisor.run_foreground(rundir, config, fresh=args.fresh)
+    done = supervisor.up(rundir, config, timeout_s=UP_TIMEOUT_S, fresh=args.fresh)
+    if done.set_aside:
+        print(f"osm: the previous run's bars, feed positions and orders are in {done.set_aside}")
+    if done.started:
+        print(f"osm started in {rundir.home} (supervisor pid {done.pid})")
     else:
-        print(f"osm is already running in {rundir.home} (supervisor pid {pid}); attached")
+        print(f"osm is already running in {rundir.home} (supervisor pid {done.pid}); attached")
+        ignored = _ignored_flags(args, config, rundir)
+        if ignored:
+            print(
+                f"osm: ignored {' '.join(ignored)}: the running system keeps its configuration; "
+                f"to apply them, `osm down --home {rundir.home}` first, then `osm up` again",
+                file=sys.stderr,
+            )
     with Client(home) as client:
-        status = wait_running(client, UP_TIMEOUT_S)
+        status = with_trading(client, wait_running(client, UP_TIMEOUT_S))
+    refused = [p for p in status["processes"] if p["exit_code"] == EXIT_CONFIG]
+    if done.started and refused:
+        supervisor.down(rundir)
+        p = refused[0]
+        return _fail(
+            f"{p['role']} {p['name']} cannot run as configured, so the system was stopped: "
+            f"{p['reason']} (logs/{p['name']}.log in {rundir.home})"
+        )
     print(format_status(status))
     stuck = [p for p in status["processes"] if p["state"] not in ("running", "exited")]
     if stuck:
-        names = ", ".join(f"{p['name']} ({p['state']}, see logs/{p['name']}.log)" for p in stuck)
+        names = ", ".join(
+            f"{p['name']} ({p['state']}: {p['reason'] or '?'}; see logs/{p['name']}.log)"
+            for p in stuck
+        )
         return _fail(f"not every process came up: {names}", 1)
     return 0
+
+
+def _ignored_flags(args: argparse.Namespace, config: cfg.SystemConfig, rundir: RunDir) -> list[str]:
+    """The `osm up` flags given that an attach leaves without effect (none if they describe the
+    running system's config exactly)."""
+    defaults = vars(build_parser().parse_args(["up"]))
+    given = [
+        name
+        for name, value in vars(args).items()
+        if name not in ("home", "timeout", "func", "command") and value != defaults.get(name)
+    ]
+    try:
+        running = cfg.load(cfg.SystemConfig, rundir.config_path.read_bytes())
+    except (OSError, ConfigError):
+        running = None
+    if running == config and "fresh" not in given:
+        return []
+    return [_flag(name, getattr(args, name)) for name in given]
+
+
+def _flag(name: str, value: Any) -> str:
+    """An `osm up` option as typed: ``--speed 60``, ``--param a=1 --param b=2``, ``--fresh``."""
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return flag
+    if name in ("param", "instrument"):  # given once per value
+        return " ".join(f"{flag} {v}" for v in value)
+    values = value if isinstance(value, list) else [value]
+    return f"{flag} " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def with_trading(client: Client, status: dict[str, Any]) -> dict[str, Any]:
+    """`status` with ``halted`` and ``halt_reason`` from the trader (None: it does not answer).
+
+    A halt is kept in the trader's journal, so it survives `osm down` and `osm up`; the status
+    says so on every look instead of leaving it to the first refused order.
+    """
+    status = {**status, "halted": None, "halt_reason": None}
+    trader = next((p for p in status["processes"] if p["role"] == "trader"), None)
+    if trader is None or trader["state"] != "running":
+        return status
+    with contextlib.suppress(OsmError), Client(client.rundir.home, timeout_s=2.0) as quick:
+        answer = quick.trader("status")
+        status["halted"], status["halt_reason"] = bool(answer["halted"]), answer["halt_reason"]
+    return status
 
 
 def wait_running(client: Client, timeout_s: float) -> dict[str, Any]:
@@ -248,7 +324,7 @@ def cmd_down(home: Path, args: argparse.Namespace) -> int:
 
 def cmd_status(home: Path, args: argparse.Namespace) -> int:
     with Client(home, timeout_s=args.timeout) as client:
-        status = client.status()
+        status = with_trading(client, client.status())
     if args.json:
         _print_json(status)
     else:
@@ -265,11 +341,11 @@ def cmd_bars(home: Path, args: argparse.Namespace) -> int:
         bars = client.bars(args.instrument, args.granularity, args.count)
     fields = ["time", *PRICE_FIELDS, "ticks", "complete"]
     if args.json:
-        _print_json([{f: _plain(row[f]) for f in fields} for row in bars])
+        _print_json([{f: _plain(row, f) for f in fields} for row in bars])
     elif args.csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(fields)
-        writer.writerows([[_plain(row[f]) for f in fields] for row in bars])
+        writer.writerows([[_plain(row, f) for f in fields] for row in bars])
     elif not len(bars):
         print(f"no closed {args.instrument} {args.granularity} bars yet")
     else:
@@ -292,7 +368,11 @@ def cmd_bars(home: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _plain(value: Any) -> Any:
+def _plain(row: np.void, field: str) -> Any:
+    """A bar's field for JSON or CSV: its open time as ISO-8601 UTC, numbers as Python's."""
+    if field == "time":
+        return iso_utc(int(row[field]))
+    value = row[field]
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -432,7 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     up = sub.add_parser("up", parents=[common], help="start the system (or attach to it)")
-    up.add_argument("--feed", choices=["synthetic", "replay"], default="synthetic")
+    up.add_argument(
+        "--feed",
+        default="synthetic",
+        metavar="KIND",
+        help="a registered source: synthetic (default), replay, or one a package adds",
+    )
     up.add_argument("--file", help="replay: CSV(.gz) or Parquet of ticks or bars")
     up.add_argument("--speed", type=float, default=1.0, help="1 real time, 60 faster, 0 flat out")
     up.add_argument("--start", help="synthetic: ISO time of the first tick (default now)")
@@ -452,6 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="bind address; not loopback needs keys")
     up.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
     up.add_argument("--config", help="a SystemConfig JSON file instead of the flags above")
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="first move the last run's bars, feed positions and orders to old/ in the home",
+    )
     up.add_argument("--foreground", action="store_true", help="run here, logging to stderr")
     up.set_defaults(func=cmd_up)
 

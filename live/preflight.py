@@ -36,20 +36,21 @@ from osm.strategies.base import load_strategy
 FIRST_READS = 64  # reads of a source to find the first tick of each of its instruments
 
 
-def check(rundir: RunDir, config: cfg.SystemConfig) -> None:
-    """Raise an OsmError, with the fix, if `config` cannot run in `rundir`."""
+def check(rundir: RunDir, config: cfg.SystemConfig, fresh: bool = False) -> None:
+    """Raise an OsmError, with the fix, if `config` cannot run in `rundir` (`fresh`: once the
+    run's bars, feed positions and orders are set aside, so without reading them)."""
     cfg.check_system(config)
     brokers.factory(config.trader.broker)
     with importable_from(config.python_path):
         for brain in config.brains:
             load_strategy(brain.strategy)(**brain.params)
-    router = _router_state(rundir)
+    router = ({}, {}) if fresh else _router_state(rundir)
     for feed in config.feeds:
         try:
             source_class(feed.kind)
         except KeyError as exc:
             raise ConfigError(f"feed {feed.name!r}: {exc}") from None
-        _check_feed(rundir, feed, router)
+        _check_feed(rundir, feed, router, fresh)
 
 
 @contextlib.contextmanager
@@ -107,10 +108,13 @@ _FIX = (
 
 
 def _check_feed(
-    rundir: RunDir, feed: cfg.FeedConfig, router: tuple[dict[str, int], dict[str, int]]
+    rundir: RunDir,
+    feed: cfg.FeedConfig,
+    router: tuple[dict[str, int], dict[str, int]],
+    fresh: bool,
 ) -> None:
     seqs, last_ticks = router
-    position, state = _saved_position(rundir, feed)
+    position, state = (0, {}) if fresh else _saved_position(rundir, feed)
     position = max(position, seqs.get(feed.name, 0))  # the feeder skips what the router has
     what = f"feed {feed.name!r} ({feed.kind}{', ' + feed.file if feed.file else ''})"
     first = {}

@@ -2,7 +2,8 @@
 
 The supervisor starts each process this way; the process reads the system config and endpoints
 from the run directory, logs to ``logs/NAME.log`` and exits non-zero with one clear line if it
-cannot go on.
+cannot go on: :data:`~osm.core.errors.EXIT_CONFIG` when it cannot run as configured (a bad setting,
+file or name: restarting would fail again, so the supervisor does not), 1 for anything else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import sys
 
 from osm.core import config as cfg
-from osm.core.errors import OsmError
+from osm.core.errors import CONFIG_ERRORS, EXIT_CONFIG, OsmError
 from osm.core.rundir import RunDir
 
 ROLES = {
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except OsmError as exc:
         logging.getLogger("osm").error("%s %s cannot start: %s", args.role, args.name, exc)
         print(f"osm {args.role} {args.name}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG if isinstance(exc, CONFIG_ERRORS) else 1
 
 
 if __name__ == "__main__":

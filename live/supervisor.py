@@ -8,7 +8,10 @@ trader, every feeder and every brain as ``python -m osm.live.process`` children,
 heartbeats on the telemetry PULL socket, and answers :class:`~osm.core.wire.Command` ``status`` and
 ``stop`` on ``supervisor_control``. A child that exits with an error, or stops heartbeating for
 several intervals, is killed and started again after an exponential backoff, at most
-``max_restarts`` times. Stopping sends SIGTERM to every child (producers first), SIGKILL after a
+``max_restarts`` times; one that exits with :data:`~osm.core.errors.EXIT_CONFIG` (it cannot run as
+configured) is not restarted but marked ``failed``, with its last log line as the reason. Every
+child gets the config's ``python_path`` on its PYTHONPATH, so strategies import as they did in
+``osm up``. Stopping sends SIGTERM to every child (producers first), SIGKILL after a
 grace period, and removes ``endpoints.json`` and the pid file.
 
 A feeder starts only once every brain trading one of its instruments is warm (its heartbeat counts a
@@ -35,15 +38,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 import zmq
 
 from osm.core import config as cfg
 from osm.core import wire
-from osm.core.errors import OsmError
+from osm.core.errors import EXIT_CONFIG, OsmError
 from osm.core.rundir import RunDir, write_atomic
+from osm.live import preflight
 from osm.live.bus import plan_endpoints
 from osm.live.client import Client, alive, running_pid
 from osm.live.process import configure_logging
@@ -104,6 +108,9 @@ class Supervisor(Service):
         self.children += [Child("brain", b.name) for b in config.brains]
         self._by_name = {c.name: c for c in self.children}
         self._next_check = 0.0
+        inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        search = os.pathsep.join([*config.python_path, *inherited])
+        self._child_env = {**os.environ, "PYTHONPATH": search} if search else None
 
     def setup(self) -> None:
         self._telemetry_in = self.bus.bind(zmq.PULL, "telemetry")
@@ -141,7 +148,11 @@ class Supervisor(Service):
         command += ["--home", str(self.rundir.home)]
         with open(self.rundir.log_path(child.name), "ab") as log:
             child.popen = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._child_env,
             )
         child.state, child.started, child.last_beat = "starting", time.monotonic(), None
         child.counters, child.exit_code = {}, None
@@ -161,6 +172,14 @@ class Supervisor(Service):
             if code == 0:
                 child.state = "exited"
                 self.log.info("%s %s finished (exit 0); not restarted", child.role, child.name)
+            elif code == EXIT_CONFIG:
+                child.state, child.reason = "failed", _last_line(self.rundir.log_path(child.name))
+                self.log.error(
+                    "%s %s cannot run as configured; not restarted: %s",
+                    child.role,
+                    child.name,
+                    child.reason,
+                )
             else:
                 self._failed(child, f"exited with code {code}", now)
             return
@@ -367,6 +386,17 @@ def _prepare(rundir: RunDir, config: cfg.SystemConfig) -> None:
     rundir.write_endpoints(endpoints)
 
 
+def _last_line(path: Path) -> str:
+    """The last line of a log: what a process that exits with EXIT_CONFIG wrote last."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            lines = log.read().decode(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
 def _log_tail(rundir: RunDir, lines: int = 5) -> str:
     try:
         text = rundir.log_path("supervisor").read_text(errors="replace").strip().splitlines()
@@ -375,18 +405,29 @@ def _log_tail(rundir: RunDir, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-def up(rundir: RunDir, config: cfg.SystemConfig, timeout_s: float = 60.0) -> tuple[int, bool]:
+class Up(NamedTuple):
+    """What :func:`up` did."""
+
+    pid: int  # the supervisor's
+    started: bool  # False: a system was running already and `up` attached to it
+    set_aside: Path | None = None  # where `fresh` moved the previous run's data, if any
+
+
+def up(
+    rundir: RunDir, config: cfg.SystemConfig, timeout_s: float = 60.0, fresh: bool = False
+) -> Up:
     """Start a detached supervisor running `config`, or find the one already running.
 
-    Returns
-    -------
-    (pid, started)
-        The supervisor's pid, and whether this call started it (False: attached to a running one).
+    Nothing starts unless :func:`osm.live.preflight.check` passes. With `fresh`, a system that is
+    not running has its bars, feed positions and orders moved aside before it starts
+    (:meth:`~osm.core.rundir.RunDir.set_aside`); a running one is left as it is.
     """
     with _locked(rundir):
         pid = running_pid(rundir)
         if pid is not None:
-            return pid, False
+            return Up(pid, False)
+        preflight.check(rundir, config, fresh)
+        set_aside = rundir.set_aside() if fresh else None
         _prepare(rundir, config)
         launcher = subprocess.run(
             [sys.executable, "-m", "osm.live.supervisor", "--home", str(rundir.home), "--detach"],
@@ -405,16 +446,18 @@ def up(rundir: RunDir, config: cfg.SystemConfig, timeout_s: float = 60.0) -> tup
             while time.monotonic() < deadline and alive(pid):
                 with contextlib.suppress(OsmError):
                     client.status()
-                    return pid, True
+                    return Up(pid, True, set_aside)
                 time.sleep(0.1)
+        why = f"did not come up within {timeout_s:.0f} s" if alive(pid) else "exited at start"
         raise OsmError(
-            f"the supervisor did not come up within {timeout_s:.0f} s; "
-            f"logs/supervisor.log in {rundir.home} ends: {_log_tail(rundir)}"
+            f"the supervisor {why}; logs/supervisor.log in {rundir.home} ends: {_log_tail(rundir)}"
         )
 
 
 def down(rundir: RunDir, timeout_s: float = 60.0) -> bool:
     """Stop the system of `rundir` and wait until it is gone; return False if none was running."""
+    if not rundir.home.is_dir():
+        return False  # nothing to stop, and no folder to create
     with _locked(rundir):
         pid = running_pid(rundir)
         if pid is None:
@@ -431,12 +474,15 @@ def down(rundir: RunDir, timeout_s: float = 60.0) -> bool:
         return True
 
 
-def run_foreground(rundir: RunDir, config: cfg.SystemConfig) -> int:
+def run_foreground(rundir: RunDir, config: cfg.SystemConfig, fresh: bool = False) -> int:
     """Run the supervisor in this process (``osm up --foreground``), logging to stderr too."""
     with _locked(rundir):
         pid = running_pid(rundir)
         if pid is not None:
             raise OsmError(f"a supervisor (pid {pid}) already runs in {rundir.home}; `osm down`")
+        preflight.check(rundir, config, fresh)
+        if fresh:
+            rundir.set_aside()
         _prepare(rundir, config)
     return _serve(rundir, foreground=True)
 
@@ -455,7 +501,7 @@ def _serve(rundir: RunDir, foreground: bool) -> int:
         return Supervisor(rundir, config, endpoints).run()
     except (OsmError, zmq.ZMQError) as exc:
         log.error("supervisor cannot run: %s", exc)
-        return 2
+        return EXIT_CONFIG
     finally:
         if rundir.pid_path.exists() and rundir.pid_path.read_text().strip() == str(os.getpid()):
             rundir.pid_path.unlink()

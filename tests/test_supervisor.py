@@ -7,9 +7,11 @@ import signal
 
 import pytest
 
+from osm.core.errors import EXIT_CONFIG
 from osm.live.client import Client, alive
+from tests.generated_data import synthetic_ticks
 from tests.live_helpers import wait_for
-from tests.system_helpers import osm, process, running_system, status, stop, write_config
+from tests.system_helpers import process, running_system, status, write_config
 
 FAST_MARKET = ["--speed", "60", "--start", "2024-03-05T08:00:00Z", "--granularities", "S5"]
 
@@ -64,20 +66,37 @@ def test_a_hung_process_is_killed_and_restarted(home, system):
     assert not alive(before["pid"])
 
 
-def test_a_process_that_keeps_crashing_is_given_up_after_max_restarts(home):
-    config = write_config(
-        home,
-        max_restarts=2,
-        restart_backoff_s=0.1,
-        feeds=[{"name": "replay", "kind": "replay", "file": str(home / "vanished.csv")}],
+def test_a_process_that_keeps_crashing_is_given_up_after_max_restarts(home, system):
+    system("--config", str(write_config(home, max_restarts=2, restart_backoff_s=0.1)))
+    pid = process(home, "synthetic")["pid"]
+    for restarts in (1, 2):
+        os.kill(pid, signal.SIGKILL)
+        pid = wait_for(
+            lambda r=restarts, p=pid: restarted(home, "synthetic", p, r), 60, f"restart {restarts}"
+        )["pid"]
+    os.kill(pid, signal.SIGKILL)
+    feeder = wait_for(
+        lambda: (p := process(home, "synthetic"))["state"] == "failed" and p, 60, "given up"
     )
-    try:
-        done = osm(home, "up", "--config", str(config))
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert "not every process came up: replay (failed" in done.stderr
-        feeder = process(home, "replay")
-        assert feeder["state"] == "failed" and feeder["restarts"] == 2 and feeder["pid"] is None
-        assert feeder["exit_code"] not in (0, None)
-        assert process(home, "router")["state"] == "running"  # the rest of the system lives on
-    finally:
-        stop(home)
+    assert feeder["restarts"] == 2 and feeder["pid"] is None and feeder["exit_code"] == -9
+    assert "exited with code -9" in feeder["reason"]
+    assert process(home, "router")["state"] == "running"  # the rest of the system lives on
+
+
+def test_a_process_that_cannot_run_as_configured_is_not_restarted(home, system, tmp_path):
+    data = tmp_path / "ticks.csv"
+    synthetic_ticks("2024-03-05T08:00:00Z", "2024-03-05T09:00:00Z").to_csv(data, index=False)
+    system("--feed", "replay", "--file", str(data), "--speed", "1", "--granularities", "M1")
+    before = process(home, "replay")
+    data.rename(tmp_path / "moved.csv")  # the file goes while the system runs
+    os.kill(before["pid"], signal.SIGKILL)
+    feeder = wait_for(
+        lambda: (p := process(home, "replay"))["state"] == "failed" and p, 60, "the refusal"
+    )
+    # Restarted once after the kill; that start exits with EXIT_CONFIG, which is not retried.
+    assert feeder["exit_code"] == EXIT_CONFIG and feeder["restarts"] == 1
+    assert str(data) in feeder["reason"] and feeder["reason"].startswith("osm feeder replay:")
+    log = (home / "logs" / "supervisor.log").read_text()
+    assert "feeder replay cannot run as configured; not restarted" in log
+    assert process(home, "router")["state"] == "running"
+    assert process(home, "replay")["restarts"] == 1  # still: the supervisor moved on
