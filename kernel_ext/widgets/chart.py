@@ -1,0 +1,367 @@
+"""The live chart: candles of the last `window` bars, the forming bar, a strategy's indicators and
+the fills, fed by a follower (:meth:`osm.live.client.Client.follow`).
+
+Layout of the figure (bqplot):
+
+- x is the bar's index (0 the first bar the chart saw), not its time, so a weekend does not
+  squeeze the candles; the x axis labels a few indices with their UTC open time.
+- ``candles``: an OHLC mark of the closed bars in view (mid prices, float64 ``(n, 4)``).
+- ``forming``: a second OHLC mark holding only the forming bar, so a tick sends one short message
+  (one row) and the closed candles are resent once per closed bar, not on every tick.
+- ``lines``: one Lines mark, a row per indicator of the strategy (see :data:`OVERLAYS`).
+- ``buys`` / ``sells``: Scatter marks of the fills, at their bar and price.
+
+Updates come on the follower's thread, at most `hz` batches a second; each mark changes in place
+under ``hold_sync`` (one message per mark per batch). Widgets are created on the caller's thread
+only. Arrays are float64 (bqplot sends them as binary buffers; int64 would be cast to int32).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bqplot as bq
+import ipywidgets as w
+import numpy as np
+
+from osm.core.barseries import BarSeries
+from osm.core.dtypes import mid
+from osm.core.errors import ConfigError
+from osm.core.granularity import check_granularity, next_open, step_ns
+from osm.core.instruments import instrument as check_instrument
+from osm.core.times import iso_utc
+from osm.live.client import Batch, Follower
+from osm.session import Session
+from osm.strategies.base import Bars, Strategy, load_strategy
+from osm.strategies.bollinger import Bollinger
+from osm.strategies.donchian import Donchian
+from osm.strategies.indicators import prior_max, prior_min, rolling_std, sma
+from osm.strategies.sma_cross import SmaCross
+
+log = logging.getLogger(__name__)
+
+Overlay = Callable[[Strategy, Bars], dict[str, np.ndarray]]
+
+OVERLAYS: dict[type[Strategy], Overlay] = {}
+"""How to draw a strategy's indicators: a function of (strategy, bars) returning named float64
+arrays, one value per bar, in price units. A strategy may instead define ``overlays(bars)``;
+register one for a strategy you cannot change with :func:`register_overlays`."""
+
+
+def register_overlays(strategy: type[Strategy], overlay: Overlay) -> None:
+    OVERLAYS[strategy] = overlay
+
+
+def _sma_cross(s: SmaCross, bars: Bars) -> dict[str, np.ndarray]:
+    return {f"sma {s.fast}": sma(bars.close, s.fast), f"sma {s.slow}": sma(bars.close, s.slow)}
+
+
+def _bollinger(s: Bollinger, bars: Bars) -> dict[str, np.ndarray]:
+    mean, std = sma(bars.close, s.window), rolling_std(bars.close, s.window)
+    return {"mean": mean, "upper": mean + s.k * std, "lower": mean - s.k * std}
+
+
+def _donchian(s: Donchian, bars: Bars) -> dict[str, np.ndarray]:
+    return {
+        "upper": prior_max(bars.high, s.window),
+        "lower": prior_min(bars.low, s.window),
+    }
+
+
+register_overlays(SmaCross, _sma_cross)
+register_overlays(Bollinger, _bollinger)
+register_overlays(Donchian, _donchian)
+
+
+def overlays(strategy: Strategy | None, bars: np.ndarray) -> dict[str, np.ndarray]:
+    """The strategy's indicators over `bars` as float64 arrays (none without a strategy)."""
+    if strategy is None or not len(bars):
+        return {}
+    view = Bars(bars)
+    own = getattr(strategy, "overlays", None)
+    draw = own if callable(own) else None
+    if draw is None:
+        found = next((f for k, f in OVERLAYS.items() if isinstance(strategy, k)), None)
+        if found is None:
+            return {}
+        return {k: np.asarray(v, np.float64) for k, v in found(strategy, view).items()}
+    return {k: np.asarray(v, np.float64) for k, v in draw(view).items()}
+
+
+def _strategy(strategy: str | type[Strategy] | Strategy | None, params: dict) -> Strategy | None:
+    if strategy is None or isinstance(strategy, Strategy):
+        if params:
+            raise ConfigError("params go with a strategy path or class, not an instance or None")
+        return strategy
+    return load_strategy(strategy)(**params)
+
+
+def _check(instrument: str, granularity: str, window: int) -> None:
+    check_instrument(instrument)
+    check_granularity(granularity)
+    if not 10 <= window <= 20_000:
+        raise ConfigError(f"window must be 10 to 20000 bars, got {window}")
+
+
+class LiveChart:
+    """A live candle chart of one series; see :func:`chart`.
+
+    ``apply(batch)`` is the follower's sink; tests call it directly with hand-made batches.
+    """
+
+    def __init__(
+        self,
+        instrument: str,
+        granularity: str,
+        strategy: Strategy | None = None,
+        window: int = 500,
+        fills: list[dict[str, Any]] | None = None,
+    ) -> None:
+        _check(instrument, granularity, window)
+        self.instrument, self.granularity, self.window = instrument, granularity, window
+        self.strategy = strategy
+        warmup = (strategy.warmup or 0) if strategy is not None else 0
+        self.series = BarSeries(window + warmup, None, instrument, granularity)
+        self.seen = 0  # closed bars taken: the next one's index
+        self.follower: Follower | None = None
+        self.closed = False
+        self._fills: list[tuple[int, int, float]] = []  # (time_ns, units, price)
+        self._forming_time = -1
+        self._lock = threading.Lock()  # apply (follower thread) against close (any thread)
+        self._on_close: list[Callable[[], None]] = []
+        self._build()
+        for fill in fills or []:
+            if fill["instrument"] == instrument:
+                self._fills.append((int(fill["time_ns"]), int(fill["units"]), fill["price"]))
+
+    def _build(self) -> None:
+        x, y = bq.LinearScale(), bq.LinearScale()
+        scales = {"x": x, "y": y}
+        empty_x, empty_y = np.empty(0), np.empty((0, 4))
+        self.candles = bq.OHLC(
+            x=empty_x, y=empty_y, scales=scales, marker="candle", format="ohlc",
+            colors=["#2ca02c", "#d62728"], stroke="#444", display_legend=False,
+        )  # fmt: skip
+        self.forming = bq.OHLC(
+            x=empty_x, y=empty_y, scales=scales, marker="candle", format="ohlc",
+            colors=["#98df8a", "#ff9896"], stroke="#999", opacities=[0.8],
+        )  # fmt: skip
+        self.lines = bq.Lines(
+            x=empty_x, y=np.empty((0, 0)), scales=scales, stroke_width=1.5, display_legend=True
+        )
+        self.buys = bq.Scatter(
+            x=empty_x, y=empty_x, scales=scales, marker="triangle-up", colors=["#1f77b4"],
+            default_size=64, names=[],
+        )  # fmt: skip
+        self.sells = bq.Scatter(
+            x=empty_x, y=empty_x, scales=scales, marker="triangle-down", colors=["#ff7f0e"],
+            default_size=64, names=[],
+        )  # fmt: skip
+        self.x_axis = bq.Axis(scale=x, label="UTC", grid_lines="none", tick_values=np.empty(0))
+        y_axis = bq.Axis(scale=y, side="left", tick_format=".5f", label="mid")
+        self.figure = bq.Figure(
+            marks=[self.candles, self.lines, self.forming, self.buys, self.sells],
+            axes=[self.x_axis, y_axis],
+            title=f"{self.instrument} {self.granularity}"
+            + (f" · {self.strategy!r}" if self.strategy is not None else ""),
+            interaction=bq.interacts.PanZoom(scales={"x": [x], "y": [y]}),
+            fig_margin={"top": 40, "bottom": 40, "left": 70, "right": 20},
+            layout=w.Layout(width="100%", height="420px"),
+        )
+        self.status = w.HTML("waiting for the first bars")
+        self.widget = w.VBox([self.figure, self.status])
+        self.figure.observe(self._figure_closed, names="comm")
+        on_comm_close = getattr(self.figure.comm, "on_close", None)
+        if callable(on_comm_close):  # the front end closed the figure
+            on_comm_close(lambda _msg: self.close())
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -- updates (the follower's thread) -------------------------------------------------------
+
+    def apply(self, batch: Batch) -> None:
+        """Show a follower's batch: closed bars, the forming bar, fills."""
+        with self._lock:
+            if self.closed:
+                return
+            fills = [
+                (f.time_ns, f.units, f.price)
+                for f in batch.fills
+                if f.instrument == self.instrument
+            ]
+            self._fills.extend(fills)
+            if len(batch.bars):
+                self.series.extend(batch.bars)
+                self.seen += len(batch.bars)
+                self._draw_closed()
+            if len(batch.bars) or fills:
+                self._draw_fills()
+            if len(batch.forming) or len(batch.bars):
+                self._draw_forming(batch.forming)
+
+    def _first_index(self) -> int:
+        return self.seen - len(self.series)
+
+    def _draw_closed(self) -> None:
+        bars = self.series.view
+        shown = bars[-self.window :]
+        x = np.arange(self.seen - len(shown), self.seen, dtype=np.float64)
+        with self.candles.hold_sync():
+            self.candles.x = x
+            self.candles.y = _ohlc(shown)
+        drawn = overlays(self.strategy, bars)
+        if drawn:
+            with self.lines.hold_sync():
+                self.lines.x = x
+                self.lines.y = np.vstack([v[-len(shown) :] for v in drawn.values()])
+                self.lines.labels = list(drawn)
+        values, labels = _ticks(shown["time"], x, self.granularity)
+        with self.x_axis.hold_sync():
+            self.x_axis.tick_values = values
+            self.x_axis.tick_labels = labels
+        last = iso_utc(int(shown["time"][-1])).replace("T", " ")
+        self.status.value = f"{self.seen} bars; last closed {last}"
+
+    def _draw_forming(self, forming: np.ndarray) -> None:
+        if len(forming):
+            self._forming_time = int(forming["time"][0])
+        last = self.series.last
+        if last is None or self._forming_time <= int(last["time"]):
+            if len(self.forming.x):
+                with self.forming.hold_sync():
+                    self.forming.x, self.forming.y = np.empty(0), np.empty((0, 4))
+            return
+        if not len(forming):
+            return
+        with self.forming.hold_sync():
+            self.forming.x = np.array([float(self.seen)])
+            self.forming.y = _ohlc(forming)
+
+    def _draw_fills(self) -> None:
+        times = self.series.view["time"]
+        if not len(times):
+            return
+        first = self._first_index()
+        shown_from = self.seen - min(len(times), self.window)
+        next_bar = next_open(int(times[-1]), self.granularity)
+        kept = []
+        xs, ys, sides = [], [], []
+        for t, units, price in self._fills:
+            position = int(np.searchsorted(times, t, side="right")) - 1
+            index = self.seen if t >= next_bar else first + position
+            if position < 0 or index < shown_from:
+                continue  # rolled out of view: forget it
+            kept.append((t, units, price))
+            xs.append(float(index))
+            ys.append(price)
+            sides.append(units > 0)
+        self._fills = kept
+        xs_a, ys_a, buy = np.array(xs, np.float64), np.array(ys, np.float64), np.array(sides, bool)
+        for mark, pick in ((self.buys, buy), (self.sells, ~buy)):
+            with mark.hold_sync():
+                mark.x, mark.y = xs_a[pick], ys_a[pick]
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    def _figure_closed(self, change: dict) -> None:
+        if change["new"] is None:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the follower and close the widgets (idempotent, from any thread)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        if self.follower is not None:
+            self.follower.stop()
+        self.figure.unobserve(self._figure_closed, names="comm")
+        for widget in (self.widget, self.status, self.figure, self.candles, self.forming):
+            widget.close()
+        for widget in (self.lines, self.buys, self.sells, self.x_axis):
+            widget.close()
+        for callback in self._on_close:
+            callback()
+
+
+def _ohlc(bars: np.ndarray) -> np.ndarray:
+    """Mid OHLC rows, float64, with high and low made the row's max and min (bqplot blanks the
+    whole chart for a row where they are not)."""
+    o, h, lo, c = (mid(bars, f) for f in ("open", "high", "low", "close"))
+    rows = np.column_stack([o, h, lo, c]).astype(np.float64)
+    rows[:, 1] = rows.max(axis=1)
+    rows[:, 2] = rows.min(axis=1)
+    return rows
+
+
+def _ticks(times: np.ndarray, x: np.ndarray, granularity: str) -> tuple[np.ndarray, dict]:
+    """About six x positions, evenly spread, labelled with their bar's UTC open time."""
+    if not len(times):
+        return np.empty(0), {}
+    picks = np.unique(np.linspace(0, len(times) - 1, num=min(6, len(times))).round().astype(int))
+    step = step_ns(granularity)
+    unit = "s" if step is not None and step < 60 * 10**9 else "m"
+    labels = {}
+    for i in picks:
+        text = iso_utc(int(times[i]), unit).removesuffix("Z").replace("T", " ")
+        labels[int(x[i])] = text[5:]  # month-day and time
+    return x[picks].astype(np.float64), labels
+
+
+def chart(
+    instrument: str,
+    granularity: str,
+    strategy: str | type[Strategy] | Strategy | None = None,
+    params: dict | None = None,
+    window: int = 500,
+    hz: float = 4.0,
+    home: str | Path | None = None,
+    session: Session | None = None,
+) -> LiveChart:
+    """Open a live chart of `instrument` `granularity` bars on the running system.
+
+    Parameters
+    ----------
+    strategy
+        Draw its indicators: an importable path (``"osm.strategies.sma_cross:SmaCross"``), a
+        class (with `params`) or an instance.
+    window
+        Bars shown; the chart keeps no more.
+    hz
+        Most updates a second (the follower batches between them).
+    home, session
+        The system: the ``%osm`` session's by default.
+
+    The chart follows the system until :meth:`LiveChart.close`, the figure is closed, or the
+    session ends (``%unload_ext osm``, kernel shutdown).
+    """
+    from osm.widgets import current_session
+
+    _check(instrument, granularity, window)
+    strategy = _strategy(strategy, params or {})
+    session = session or current_session()
+    client = session.client(home)
+    try:
+        fills = client.fills()
+    except Exception:
+        client.close()
+        raise
+    view = LiveChart(instrument, granularity, strategy, window, fills=fills)
+    warmup = (strategy.warmup or 0) if strategy is not None else 0
+    try:
+        view.follower = client.follow(instrument, granularity, window + warmup, view.apply, hz)
+    except Exception:
+        view.close()
+        client.close()
+        raise
+    session.track(view)
+    view.on_close(lambda: (client.close(), session.forget(view)))
+    return view

@@ -1,0 +1,288 @@
+"""The live chart, blotter and controls, through a comm that records every message (the way
+ipywidgets tests its widgets): mark arrays after N bars, the forming bar in place, message sizes
+and rates, threads gone after close and at kernel shutdown."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import comm
+import numpy as np
+import pandas as pd
+import pytest
+
+from osm.core.dtypes import empty_bars
+from osm.core.granularity import NS
+from osm.core.wire import Fill
+from osm.live.client import Batch, Client
+from osm.session import Session
+from osm.strategies.sma_cross import SmaCross
+from osm.widgets.chart import LiveChart, chart
+from osm.widgets.controls import controls
+from tests.live_helpers import wait_for
+from tests.system_helpers import running_system
+
+M1 = 60 * NS
+T0 = 1_709_625_600 * NS  # 2024-03-05 08:00 UTC
+_ids = itertools.count()
+
+
+class RecordingComm:
+    """Stands in for a kernel comm: keeps every message a widget sends, with its time."""
+
+    kernel = "Truthy"
+    log: list[tuple[float, str, dict, list]] = []
+
+    def __init__(self, **kwargs) -> None:
+        self.comm_id = f"comm-{next(_ids)}"
+        self.closed = False
+
+    def open(self, *args, **kwargs) -> None:
+        pass
+
+    def on_msg(self, callback) -> None:
+        pass
+
+    def on_close(self, callback) -> None:
+        self.close_callback = callback
+
+    def send(self, data=None, metadata=None, buffers=None) -> None:
+        RecordingComm.log.append((time.monotonic(), self.comm_id, data, list(buffers or [])))
+
+    def close(self, *args, **kwargs) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    RecordingComm.log = []
+    monkeypatch.setattr(comm, "create_comm", lambda **kwargs: RecordingComm(**kwargs))
+    monkeypatch.setattr(comm, "get_comm_manager", lambda: None)
+    return RecordingComm.log
+
+
+def messages_to(log, widget) -> list[tuple[float, dict, list]]:
+    return [(t, d, b) for t, cid, d, b in log if cid == widget.comm.comm_id]
+
+
+def size(data: dict, buffers: list) -> int:
+    return len(json.dumps(data)) + sum(len(memoryview(b).cast("B")) for b in buffers)
+
+
+def bars(start: int, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed + start)
+    out = empty_bars(n)
+    out["time"] = T0 + np.arange(start, start + n) * M1
+    close = 1.1 + np.cumsum(rng.normal(0, 1e-4, n))
+    opened = close + rng.normal(0, 5e-5, n)
+    high = np.maximum(opened, close) + rng.uniform(0, 1e-4, n)
+    low = np.minimum(opened, close) - rng.uniform(0, 1e-4, n)
+    for side, shift in (("bid", -5e-6), ("ask", 5e-6)):
+        out[f"{side}_open"], out[f"{side}_close"] = opened + shift, close + shift
+        out[f"{side}_high"], out[f"{side}_low"] = high + shift, low + shift
+    out["ticks"], out["complete"] = 10, True
+    return out
+
+
+def batch(closed=None, forming=None, fills=()) -> Batch:
+    none = empty_bars(0)
+    return Batch(none if closed is None else closed, none if forming is None else forming,
+                 list(fills), [])  # fmt: skip
+
+
+def mid_ohlc(rows: np.ndarray) -> np.ndarray:
+    return np.column_stack(
+        [(rows[f"bid_{f}"] + rows[f"ask_{f}"]) / 2 for f in ("open", "high", "low", "close")]
+    )
+
+
+# -- the chart on hand-made batches ----------------------------------------------------------
+
+
+def test_chart_holds_exactly_the_last_window_bars_with_overlays(recorded):
+    strategy = SmaCross(fast=3, slow=8)
+    view = LiveChart("EUR_USD", "M1", strategy, window=20)
+    all_bars = bars(0, 57)
+    for lo, hi in ((0, 1), (1, 9), (9, 30), (30, 31), (31, 57)):
+        view.apply(batch(all_bars[lo:hi]))
+    last = all_bars[-20:]
+    np.testing.assert_array_equal(view.candles.x, np.arange(37, 57, dtype=np.float64))
+    assert view.candles.x.dtype == np.float64 and view.candles.y.dtype == np.float64
+    np.testing.assert_allclose(view.candles.y, mid_ohlc(last), rtol=0, atol=1e-12)
+    # The overlays are the strategy's moving averages of the mid close (a pandas oracle),
+    # computed with the warm-up before the window, so none is NaN in view.
+    closes = pd.Series(mid_ohlc(all_bars)[:, 3])
+    for row, n in zip(view.lines.y, (3, 8), strict=True):
+        np.testing.assert_allclose(row, closes.rolling(n).mean().to_numpy()[-20:], atol=1e-12)
+    assert list(view.lines.labels) == ["sma 3", "sma 8"]
+    assert set(view.x_axis.tick_labels) <= set(view.candles.x.astype(int))
+    assert view.x_axis.tick_labels[56] == "03-05 08:56"
+    # Sent as binary float64 buffers, never JSON lists or int64.
+    _, data, buffers = messages_to(recorded, view.candles)[-1]
+    assert buffers and data["state"]["x"]["dtype"] == "float64"
+
+
+def test_forming_bar_updates_in_place_with_small_messages(recorded):
+    view = LiveChart("EUR_USD", "M1", window=500)
+    view.apply(batch(bars(0, 500)))
+    before = len(recorded)
+    forming = bars(500, 1)
+    forming["complete"] = False
+    for k in range(5):
+        forming["bid_close"] += 1e-5 * k
+        view.apply(batch(forming=forming.copy()))
+        np.testing.assert_array_equal(view.forming.x, [500.0])
+        np.testing.assert_allclose(view.forming.y, mid_ohlc(forming))
+    sent = recorded[before:]
+    assert {cid for _, cid, _, _ in sent} == {view.forming.comm.comm_id}
+    assert len(sent) == 5 and max(size(d, b) for _, _, d, b in sent) < 1024
+    # The bar closes: it joins the candles and the forming mark empties until the next one.
+    closed = forming.copy()
+    closed["complete"] = True
+    view.apply(batch(closed))
+    assert view.candles.x[-1] == 500.0 and len(view.candles.x) == 500
+    assert len(view.forming.x) == 0
+    # A forming update late for a bar already closed is not drawn.
+    view.apply(batch(forming=forming))
+    assert len(view.forming.x) == 0
+
+
+def test_fills_become_markers_at_their_bar(recorded):
+    view = LiveChart("EUR_USD", "M1", window=10)
+    view.apply(batch(bars(0, 10)))
+    fills = [
+        Fill("a", "b", "EUR_USD", 1000, 1.1001, T0 + 4 * M1 + 1),
+        Fill("c", "b", "EUR_USD", -1000, 1.1002, T0 + 10 * M1 + 5),  # in the forming bar
+        Fill("d", "b", "USD_JPY", 1000, 150.0, T0 + 5 * M1),  # another instrument
+    ]
+    view.apply(batch(fills=fills))
+    np.testing.assert_array_equal(view.buys.x, [4.0])
+    np.testing.assert_array_equal(view.buys.y, [1.1001])
+    np.testing.assert_array_equal(view.sells.x, [10.0])
+    view.apply(batch(bars(10, 8)))  # the buy's bar rolls out of view
+    assert len(view.buys.x) == 0 and list(view.sells.x) == [10.0]
+
+
+def test_ohlc_rows_keep_high_and_low_the_extremes(recorded):
+    view = LiveChart("EUR_USD", "M1", window=10)
+    odd = bars(0, 3)
+    odd["bid_high"][1] = odd["bid_low"][1] - 1e-3  # a high below the low from a bad source
+    view.apply(batch(odd))
+    y = view.candles.y
+    assert np.all(y[:, 1] == y.max(axis=1)) and np.all(y[:, 2] == y.min(axis=1))
+
+
+def test_chart_refuses_a_bad_window_with_the_range():
+    with pytest.raises(ValueError, match="window must be 10 to 20000"):
+        LiveChart("EUR_USD", "M1", window=5)
+
+
+# -- against a running system ----------------------------------------------------------------
+
+
+@pytest.fixture
+def system(home):
+    yield from running_system(home)
+
+
+def osm_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("osm-follow", "osm-blot"))]
+
+
+def test_streaming_chart_respects_the_throttle_and_stops_on_close(home, system, recorded):
+    system("--speed", "600", "--start", "2024-03-05T08:00:00Z", "--granularities", "S5", "M1")
+    session = Session(home)
+    view = chart("EUR_USD", "S5", strategy="osm.strategies.sma_cross:SmaCross",
+                 params={"fast": 3, "slow": 8}, window=50, hz=4, session=session)  # fmt: skip
+    assert session.open == [view]
+    wait_for(lambda: view.seen >= 60, 60, "S5 bars on the chart")
+    start = len(recorded)
+    time.sleep(3.0)
+    window = recorded[start:]
+    elapsed = window[-1][0] - window[0][0]
+    per_batch = 6  # candles, lines, axis, forming, buys, sells
+    assert len(window) / max(elapsed, 1.0) <= 4 * per_batch + per_batch
+    assert len(view.candles.x) == 50 and view.candles.x[-1] == view.seen - 1
+    assert np.all(np.diff(view.series.view["time"]) > 0)
+    with Client(home) as client:
+        stored = client.bars("EUR_USD", "S5", 200)
+    shown = view.series.view[-50:]
+    np.testing.assert_array_equal(shown, stored[np.isin(stored["time"], shown["time"])])
+    view.close()
+    assert not view.follower.is_alive() and session.open == []
+    # Closed from the front end (the figure's comm), a second chart stops too.
+    other = chart("EUR_USD", "M1", window=20, session=session)
+    wait_for(lambda: other.seen > 0, 30, "M1 bars on the second chart")
+    other.figure.close()
+    assert not other.follower.is_alive() and other.closed
+    assert not osm_threads()
+
+
+def test_session_close_stops_every_follower(home, system, recorded):
+    system("--speed", "60", "--granularities", "M1")
+    session = Session(home)
+    charts = [chart("EUR_USD", "M1", window=20, session=session) for _ in range(2)]
+    assert len(osm_threads()) == 2
+    session.close()  # what unloading the extension and kernel shutdown do
+    assert all(c.closed and not c.follower.is_alive() for c in charts)
+    assert not osm_threads()
+
+
+def test_followers_are_gone_at_kernel_shutdown(home, system):
+    system("--speed", "60", "--granularities", "M1")
+    script = textwrap.dedent(
+        f"""
+        import atexit, threading
+        # Registered first, so it runs last at exit: after the extension's session closed.
+        atexit.register(lambda: print("LEFT", [t.name for t in threading.enumerate()
+                                              if t.name.startswith("osm-")]))
+        from IPython.core.interactiveshell import InteractiveShell
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "osm")
+        c = ip.run_line_magic("osm", "chart EUR_USD M1 --window 20 --home {home}")
+        print("FOLLOWING", c.follower.is_alive())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert "FOLLOWING True" in done.stdout, done.stderr
+    assert "LEFT []" in done.stdout, done.stdout + done.stderr
+
+
+def test_controls_halt_resume_and_flatten_after_confirmation(home, system, recorded):
+    system("--speed", "60", "--start", "2024-03-05T08:00:00Z", "--granularities", "M1")
+    session = Session(home)
+    buttons = controls(session=session)
+    with Client(home) as client:
+        assert client.order("EUR_USD", 2000).accepted
+
+        def units() -> int:
+            return sum(p["units"] for p in client.positions())
+
+        wait_for(lambda: units() == 2000, 30, "the paper fill")
+        # A click runs on another thread (JupyterLab sends it to a subshell) while this one is busy.
+        clicker = threading.Thread(target=buttons.halt.click, name="click")
+        clicker.start()
+        clicker.join(10)
+        assert client.trader("status")["halted"]
+        assert "halt" in buttons.message.value
+        buttons.flatten.click()  # asks first: nothing is sent
+        assert buttons.confirmation.layout.display == "flex"
+        time.sleep(0.5)
+        assert units() == 2000
+        buttons.cancel.click()
+        assert buttons.confirmation.layout.display == "none"
+        buttons.flatten.click()
+        buttons.confirm.click()  # allowed while halted
+        wait_for(lambda: units() == 0, 30, "the flatten")
+        buttons.resume.click()
+        assert not client.trader("status")["halted"]
+    buttons.close()
+    assert session.open == []
