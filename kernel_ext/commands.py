@@ -47,7 +47,10 @@ class StatusTable:
         return self.data.get("halted")
 
     def __repr__(self) -> str:
-        return cli.format_status(self.data)
+        table = cli.format_status(self.data)
+        if self.data.get("attached"):
+            return "attached to the system already running (it keeps its configuration)\n" + table
+        return table
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))

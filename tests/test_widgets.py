@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import comm
 import numpy as np
@@ -286,3 +287,34 @@ def test_controls_halt_resume_and_flatten_after_confirmation(home, system, recor
         assert not client.trader("status")["halted"]
     buttons.close()
     assert session.open == []
+
+
+# -- the explore notebook ----------------------------------------------------------------------
+
+
+def test_explore_notebook_runs_headless_against_a_running_system(home, system, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    import nbformat
+
+    system("--speed", "60", "--start", "2024-03-05T08:00:00Z", "--granularities", "M1",
+           "--brain", "osm.strategies.sma_cross:SmaCross", "--param", "fast=5",
+           "--param", "slow=20")  # fmt: skip
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    out = tmp_path / "explore.ipynb"
+    papermill.execute_notebook(
+        str(notebooks / "01_explore.ipynb"), str(out), parameters={"home": str(home), "watch_s": 3.0},
+        kernel_name="python3", cwd=str(notebooks), progress_bar=False,
+    )  # fmt: skip
+    text = "\n".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for cell in nbformat.read(out, as_version=4).cells
+        for o in cell.get("outputs", [])
+    )
+    assert f"run directory: {home}" in text
+    assert "attached to the system already running" in text
+    assert "closed bars on the chart" in text and "halted: True" in text
+    assert "TRADING HALTED" in text
+    with Client(home) as client:
+        assert client.trader("status")["halted"]  # the notebook's click reached the trader
+        assert any(f["units"] == 10_000 and f["brain"] == "cli" for f in client.fills())
+        client.resume()
