@@ -15,24 +15,29 @@ bar ``t`` closes. The same method runs in backtests, sweeps, walk-forward and th
                 raise ValueError("fast must be shorter than slow")
 
         def target(self, bars, ind):
-            return cross(ind(sma, bars.close, self.fast), ind(sma, bars.close, self.slow))
+            fast = ind(rolling_sum, bars.int_close, self.fast)
+            slow = ind(rolling_sum, bars.int_close, self.slow)
+            return compare(fast, slow, self.slow, self.fast)  # fast_sum * slow vs slow_sum * fast
 
 Indicators go through ``ind(fn, *args)``, which memoises ``fn(*args)``: in a sweep, an indicator
-with the same inputs is computed once for every combination that uses it.
+with the same inputs is computed once for every combination that uses it. Comparisons of indicator
+values (a cross, a breakout, a tie) are decided on the exact integer prices ``bars.int_close`` and
+friends, never on floats, so a tie is a tie and a live window decides as the backtest did.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import threading
 from collections.abc import Callable, Iterator
-from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 
-from osm.core.dtypes import BAR_DTYPE
+from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS
 from osm.core.errors import ConfigError, UnknownNameError
+from osm.strategies.indicators import MISSING, half_points, quote_decimals
 
 
 class Param:
@@ -119,20 +124,59 @@ class Param:
         return f"Param({self.default!r}, {bounds})"
 
 
+MAX_DECIMALS = 6
+"""The finest quote precision :class:`Bars` looks for; prices finer than that are rounded to it."""
+
+
+class _Lazy:
+    """A per-instance array derived on first use, once, even when threads ask at the same time."""
+
+    def __init__(self, derive: Callable[[Bars], Any]) -> None:
+        self.derive = derive
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, bars: Bars | None, owner: type) -> Any:
+        if bars is None:
+            return self
+        try:
+            return bars.__dict__[self.name]
+        except KeyError:
+            pass
+        # One array per field: the indicator cache keys arrays by identity.
+        with bars._lock:
+            if self.name not in bars.__dict__:
+                bars.__dict__[self.name] = self.derive(bars)
+            return bars.__dict__[self.name]
+
+
 class Bars:
     """A read-only window of bars, with mid prices derived on first use.
 
-    ``bars.close`` is the mid close; ``bars.bid_close`` / ``bars.ask_close`` the sides. Arrays are
-    contiguous float64 so numba kernels take them without copies.
+    ``bars.close`` is the mid close as float64; ``bars.bid_close`` / ``bars.ask_close`` the sides.
+    ``bars.int_close`` (and ``int_open``, ``int_high``, ``int_low``) is the same mid exactly, as
+    an int64 count of half-points: ``bid + ask`` in points of ``10**-bars.precision``. Decide
+    comparisons on those (see :mod:`osm.strategies.indicators`); ``bars.to_price`` turns them, or
+    values in their units, back into prices. Arrays are contiguous, so numba kernels take them
+    without copies.
     """
 
     def __init__(self, records: np.ndarray) -> None:
         if records.dtype != BAR_DTYPE:
             raise TypeError(f"Bars takes a BAR_DTYPE array, got dtype {records.dtype}")
         self.records = records
+        self._lock = threading.RLock()  # int_close derives precision first
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def _field(self, name: str) -> np.ndarray:
         return np.ascontiguousarray(self.records[name])
@@ -140,19 +184,46 @@ class Bars:
     def _mid(self, field: str) -> np.ndarray:
         return (self._field(f"bid_{field}") + self._field(f"ask_{field}")) * 0.5
 
-    time = cached_property(lambda self: self._field("time"))
-    open = cached_property(lambda self: self._mid("open"))
-    high = cached_property(lambda self: self._mid("high"))
-    low = cached_property(lambda self: self._mid("low"))
-    close = cached_property(lambda self: self._mid("close"))
-    bid_open = cached_property(lambda self: self._field("bid_open"))
-    bid_high = cached_property(lambda self: self._field("bid_high"))
-    bid_low = cached_property(lambda self: self._field("bid_low"))
-    bid_close = cached_property(lambda self: self._field("bid_close"))
-    ask_open = cached_property(lambda self: self._field("ask_open"))
-    ask_high = cached_property(lambda self: self._field("ask_high"))
-    ask_low = cached_property(lambda self: self._field("ask_low"))
-    ask_close = cached_property(lambda self: self._field("ask_close"))
+    def _int_mid(self, field: str) -> np.ndarray:
+        records = self.records
+        return half_points(records[f"bid_{field}"], records[f"ask_{field}"], self.precision)
+
+    def _decimals(self) -> int:
+        decimals = 0
+        for field in PRICE_FIELDS:
+            decimals = quote_decimals(self.records[field], MAX_DECIMALS, decimals)
+        return min(decimals, MAX_DECIMALS)
+
+    precision = _Lazy(_decimals)
+    """The decimals of the quotes: the fewest that hold every bid and ask price, at most
+    :data:`MAX_DECIMALS`. Any exact choice decides every comparison the same way."""
+
+    def to_price(self, values: np.ndarray) -> np.ndarray:
+        """Return half-point values (``int_close``, its sums' means, ...) as float64 prices;
+        MISSING becomes NaN."""
+        values = np.asarray(values)
+        out = values / (2.0 * 10.0**self.precision)
+        if values.dtype == np.int64:
+            out[values == MISSING] = np.nan
+        return out
+
+    time = _Lazy(lambda self: self._field("time"))
+    open = _Lazy(lambda self: self._mid("open"))
+    high = _Lazy(lambda self: self._mid("high"))
+    low = _Lazy(lambda self: self._mid("low"))
+    close = _Lazy(lambda self: self._mid("close"))
+    int_open = _Lazy(lambda self: self._int_mid("open"))
+    int_high = _Lazy(lambda self: self._int_mid("high"))
+    int_low = _Lazy(lambda self: self._int_mid("low"))
+    int_close = _Lazy(lambda self: self._int_mid("close"))
+    bid_open = _Lazy(lambda self: self._field("bid_open"))
+    bid_high = _Lazy(lambda self: self._field("bid_high"))
+    bid_low = _Lazy(lambda self: self._field("bid_low"))
+    bid_close = _Lazy(lambda self: self._field("bid_close"))
+    ask_open = _Lazy(lambda self: self._field("ask_open"))
+    ask_high = _Lazy(lambda self: self._field("ask_high"))
+    ask_low = _Lazy(lambda self: self._field("ask_low"))
+    ask_close = _Lazy(lambda self: self._field("ask_close"))
 
 
 class IndicatorCache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from osm.strategies.base import Bars, IndicatorCache, Param, Strategy
-from osm.strategies.indicators import latch, rolling_std, sma
+from osm.strategies.indicators import band_zone, latch, ratio, rolling_sum, rolling_var_scaled
 
 
 class Bollinger(Strategy):
@@ -17,7 +17,9 @@ class Bollinger(Strategy):
     below the lower band, short when it rises above the upper band; leave when the close gets back
     to the middle band, or after `max_hold` bars without a fresh signal (a time stop that also keeps
     the memory finite: the last target depends on the last ``window + max_hold - 1`` bars). NaN
-    (flat) until the bands have `window` bars.
+    (flat) until the bands have `window` bars. The close is placed against the bands exactly, in
+    integers (:func:`~osm.strategies.indicators.band_zone`), with `k` read as the nearest fraction
+    with a denominator of at most a million (2.0 is 2/1, 1.75 is 7/4).
     """
 
     window = Param(20, low=5, high=200, step=5, doc="bars in the moving average and deviation")
@@ -30,13 +32,11 @@ class Bollinger(Strategy):
         return self.window + self.max_hold - 1
 
     def target(self, bars: Bars, ind: IndicatorCache) -> np.ndarray:
-        close = bars.close
-        middle = ind(sma, close, self.window)
-        width = self.k * ind(rolling_std, close, self.window, 0)
+        close = bars.int_close
+        sums = ind(rolling_sum, close, self.window)
+        var_scaled = ind(rolling_var_scaled, close, self.window)
+        zone = band_zone(close, sums, var_scaled, self.window, *ratio(self.k))
         # NaN comparisons are False: no signal before the bands exist.
-        out = latch(
-            close < middle - width, close > middle + width, close >= middle, close <= middle,
-            self.max_hold,
-        )  # fmt: skip
+        out = latch(zone < -1.5, zone > 1.5, zone >= 0.0, zone <= 0.0, self.max_hold)
         out[: self.window - 1] = np.nan
         return out

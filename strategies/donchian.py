@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from osm.strategies.base import Bars, IndicatorCache, Param, Strategy
-from osm.strategies.indicators import latch, prior_max, prior_min
+from osm.strategies.indicators import compare, latch, prior_max, prior_min
 
 
 class Donchian(Strategy):
@@ -37,14 +37,15 @@ class Donchian(Strategy):
         return self.window + self.max_hold
 
     def target(self, bars: Bars, ind: IndicatorCache) -> np.ndarray:
-        close = bars.close
-        upper = ind(prior_max, bars.high, self.window)
-        lower = ind(prior_min, bars.low, self.window)
-        exit_low = ind(prior_min, bars.low, self.exit_window)
-        exit_high = ind(prior_max, bars.high, self.exit_window)
-        # NaN comparisons are False: no signal before the channels exist.
+        close = bars.int_close
+        upper = ind(prior_max, bars.int_high, self.window)
+        lower = ind(prior_min, bars.int_low, self.window)
+        exit_low = ind(prior_min, bars.int_low, self.exit_window)
+        exit_high = ind(prior_max, bars.int_high, self.exit_window)
+        # compare() is NaN before a channel exists, and NaN > 0 is False: no signal yet.
         out = latch(
-            close > upper, close < lower, close < exit_low, close > exit_high, self.max_hold
-        )
+            compare(close, upper) > 0, compare(close, lower) < 0,
+            compare(close, exit_low) < 0, compare(close, exit_high) > 0, self.max_hold,
+        )  # fmt: skip
         out[: self.window] = np.nan
         return out

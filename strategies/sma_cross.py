@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from osm.strategies.base import Bars, IndicatorCache, Param, Strategy
-from osm.strategies.indicators import sma
+from osm.strategies.indicators import compare, rolling_sum
 
 
 class SmaCross(Strategy):
@@ -14,7 +14,9 @@ class SmaCross(Strategy):
     The idea: when the recent average (fast) sits above the longer one (slow), prices have been
     rising, and trends in FX tend to persist for a while. The target is +1 (long) while the fast SMA
     is above the slow one, -1 (short) while it is below, 0 when they are equal, and NaN (flat) until
-    the slow SMA has `slow` bars. The last target depends on the last `slow` bars only.
+    the slow SMA has `slow` bars. The averages are compared exactly, as integer sums of the mid in
+    half-points (``fast_sum * slow`` against ``slow_sum * fast``), so equal means are a tie. The
+    last target depends on the last `slow` bars only.
     """
 
     fast = Param(10, low=2, high=100, step=1, doc="bars in the fast moving average")
@@ -32,4 +34,6 @@ class SmaCross(Strategy):
         return self.slow
 
     def target(self, bars: Bars, ind: IndicatorCache) -> np.ndarray:
-        return np.sign(ind(sma, bars.close, self.fast) - ind(sma, bars.close, self.slow))
+        fast = ind(rolling_sum, bars.int_close, self.fast)
+        slow = ind(rolling_sum, bars.int_close, self.slow)
+        return compare(fast, slow, self.slow, self.fast)
