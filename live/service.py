@@ -27,6 +27,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -39,21 +40,24 @@ import zmq
 from osm.core import wire
 from osm.core.config import SystemConfig
 from osm.core.rundir import RunDir
-from osm.live.bus import Bus
+from osm.live.bus import Bus, monitor_event
 
 Handler = Callable[[list[bytes]], None]
 M = TypeVar("M", bound=wire.Message)
 CRASHED = 1  # exit status of a process whose handler or idle work raised
 REPEAT_S = 10.0  # a repeated log message is written at most once this often
+PROCESS_TOKEN_ENV = "OSM_PROCESS_TOKEN"  # the supervisor's secret for one child, in its heartbeats
+_NUMBERS = re.compile(r"\d+")
 
 
 class RepeatFilter(logging.Filter):
     """Let a repeated log message through once per `interval_s` and count the repeats in between.
 
-    Messages are the same if they come from one logger at one level with the same format string
-    (``record.msg``, before its arguments are filled in), or the same ``repeat_key`` given in
-    ``extra``. The first message let through after repeats were held back ends with how many
-    there were; :meth:`flush` logs the counts still held (when the process stops).
+    Messages are the same if they come from one logger at one level and read the same but for
+    their numbers ("target b1-1399017540000000000 refused: 120 orders already sent..." once per
+    bar), or carry the same ``repeat_key`` in ``extra``. The first message let through after
+    repeats were held back ends with how many there were; :meth:`flush` logs the counts still
+    held (when the process stops).
     """
 
     def __init__(self, interval_s: float = REPEAT_S, clock: Callable[[], float] = time.monotonic):
@@ -62,13 +66,14 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple, list] = {}  # key: [last let through, held, level, message]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, getattr(record, "repeat_key", record.msg))
+        message = record.getMessage()
+        same = getattr(record, "repeat_key", None) or _NUMBERS.sub("#", message)
+        key = (record.name, record.levelno, same)
         now = self._clock()
         seen = self._seen.get(key)
         if seen is not None and now - seen[0] < self.interval_s:
             seen[1] += 1
             return False
-        message = record.getMessage()
         if seen is not None and seen[1]:
             record.msg, record.args = f"{message} [and {_held(seen[1], now - seen[0])}]", None
         if len(self._seen) > 10_000:  # messages that vary (not templated) must not pile up
@@ -166,10 +171,20 @@ class Service:
             self.reject("malformed", str(exc))
             return None
 
+    def _on_monitor(self, parts: list[bytes]) -> None:
+        """Count a peer refused at the handshake of a bound socket (garbage, a wrong CURVE key)."""
+        event = monitor_event(parts)
+        if event == "peers_disconnected":
+            self.counters[event] += 1
+        elif event:
+            where = bytes(parts[1]).decode(errors="replace") if len(parts) > 1 else "?"
+            self.reject(event, f"a peer of {where} failed its handshake")
+
     def heartbeat(self) -> None:
         beat = wire.Heartbeat(
-            self.name, os.getpid(), now_ns(), self.started_ns, dict(self.counters)
-        )
+            self.name, os.getpid(), now_ns(), self.started_ns, dict(self.counters),
+            os.environ.get(PROCESS_TOKEN_ENV, ""),
+        )  # fmt: skip
         # Supervisor away: heartbeats are advisory, never block the process on them.
         with contextlib.suppress(zmq.Again):
             self._telemetry.send_multipart(wire.frames(f"heartbeat.{self.name}", beat), zmq.NOBLOCK)
@@ -190,6 +205,8 @@ class Service:
     def _serve(self) -> int:
         parent = os.getppid()
         self.setup()
+        for monitor, _ in self.bus.monitors:
+            self.on(monitor, self._on_monitor)
         self._running = True
         self.log.info("%s %s started (pid %d)", self.role, self.name, os.getpid())
         where = "starting"

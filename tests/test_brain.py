@@ -300,6 +300,8 @@ def test_repeat_filter_lets_a_message_through_once_per_interval_with_the_count()
             log.warning("rejected (%s)", "halted", extra={"repeat_key": "halted"})
             clock[0] += 1.0
         log.info("target %s refused", "at another level")
+        log.warning("started %s (pid %d)", "router", 7)  # not the same message: both logged
+        log.warning("started %s (pid %d)", "trader", 8)
         clock[0] = 12.0
         log.warning("target %s refused", 99)
         log.warning("rejected (%s)", "rate", extra={"repeat_key": "rate"})
@@ -313,6 +315,8 @@ def test_repeat_filter_lets_a_message_through_once_per_interval_with_the_count()
         "rejected (rate)",
         "rejected (halted)",
         "target at another level refused",
+        "started router (pid 7)",
+        "started trader (pid 8)",
         "target 99 refused [and 4 more like it in the last 12 s, not logged]",
         "rejected (rate) [and 4 more like it in the last 12 s, not logged]",
         "4 more like it in the last 12 s, not logged: rejected (halted)",
