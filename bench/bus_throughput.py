@@ -23,7 +23,7 @@ import zmq
 from osm.core import wire
 from osm.core.config import FeedConfig, RouterConfig, SystemConfig, dump
 from osm.core.rundir import RunDir
-from osm.live.bus import plan_endpoints
+from osm.live.bus import feed_token, plan_endpoints
 from osm.live.feeds import open_source
 
 TICKS = 2_000_000
@@ -64,13 +64,14 @@ def raw_pubsub_rate(folder: Path, context: zmq.Context) -> float:
         start.close()
 
 
-def batches() -> list[list[bytes]]:
+def batches(token: str) -> list[list[bytes]]:
     config = FeedConfig(name="bench", instruments=["EUR_USD"], start="2024-01-08T00:00Z")
     source, position, out = open_source(config), 0, []
     while position < TICKS:
         instrument, rows = source.read(BATCH)
         position += len(rows)
-        out.append(wire.frames("ticks", wire.Ticks.of(instrument, rows, "bench", position)))
+        message = wire.Ticks.of(instrument, rows, "bench", position, token)
+        out.append(wire.frames("ticks", message))
     return out
 
 
@@ -83,7 +84,7 @@ def router_rate(home: Path, context: zmq.Context) -> tuple[float, int]:
     rundir.config_path.write_bytes(dump(config))
     endpoints = plan_endpoints(rundir, config)
     rundir.write_endpoints(endpoints)
-    frames = batches()
+    frames = batches(feed_token(rundir, "bench"))
     dealer, bars = context.socket(zmq.DEALER), context.socket(zmq.SUB)
     router = subprocess.Popen(
         [sys.executable, "-m", "osm.live.process", "router", "router", "--home", str(home)]

@@ -63,7 +63,7 @@ from osm.core.config import (
 from osm.core.dtypes import as_ticks
 from osm.core.granularity import NS
 from osm.core.rundir import RunDir
-from osm.live.bus import plan_endpoints
+from osm.live.bus import feed_token, plan_endpoints
 from osm.strategies.base import Bars, IndicatorCache, Param, Strategy
 
 INSTRUMENT = "EUR_USD"
@@ -106,11 +106,12 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def tick_frames(k: int) -> list[bytes]:
+def tick_frames(k: int, token: str = "") -> list[bytes]:
     """The feed's k-th tick (position k + 1): 1 s into bar k, so it closes bar k - 1."""
     bid = 1.1 + 1e-5 * (k % 7)
     ticks = as_ticks([START_NS + k * BAR_NS + NS], [bid], [bid + 1e-4])
-    return wire.frames(f"ticks.{INSTRUMENT}", wire.Ticks.of(INSTRUMENT, ticks, FEED, k + 1))
+    message = wire.Ticks.of(INSTRUMENT, ticks, FEED, k + 1, token)
+    return wire.frames(f"ticks.{INSTRUMENT}", message)
 
 
 def client_id(k: int) -> str:
@@ -184,6 +185,7 @@ class System:
         self.rundir.config_path.write_bytes(dump(system_config()))
         self.endpoints = plan_endpoints(self.rundir, system_config())
         self.rundir.write_endpoints(self.endpoints)
+        self.token = feed_token(self.rundir, FEED)
         self.context = context
         self.processes: dict[str, subprocess.Popen] = {}
         self.sockets: list[zmq.Socket] = []
@@ -241,7 +243,7 @@ class System:
         self, k: int, timeout_s: float, stages: tuple[str, ...] = STAGES
     ) -> dict[str, int] | None:
         """Send the k-th tick; return ns from its send to each of `stages`, None on a timeout."""
-        frames, wanted, seen = tick_frames(k), client_id(k), {}
+        frames, wanted, seen = tick_frames(k, self.token), client_id(k), {}
         bar_open = START_NS + (k - 1) * BAR_NS
         begin = time.perf_counter_ns()
         self.ticks.send_multipart(frames)

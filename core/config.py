@@ -158,6 +158,20 @@ class RouterConfig(_Config):
     ] = 4.0
     persist: bool = True
     alignment: Alignment = Alignment()
+    # Implausible quotes are held until the following ones confirm them (docs/security.md).
+    spike_band: Annotated[
+        float, Meta(gt=0, description="a mid move, as a fraction per minute, held as suspect")
+    ] = 0.01
+    time_jump_s: Annotated[
+        float, Meta(gt=0, description="seconds after the last tick from which a tick is suspect")
+    ] = 3600.0
+    confirm_ticks: Annotated[
+        int, Meta(ge=1, le=100, description="following ticks that confirm a suspect one")
+    ] = 2
+    clock_lead_s: Annotated[
+        float, Meta(gt=0, description="seconds a feed at speed <= 1 may run ahead of this clock")
+    ] = 60.0
+    journal_sync: Literal["normal", "full"] = "normal"  # full: fsync before every acknowledgement
 
     def _check(self) -> None:
         for g in self.granularities:

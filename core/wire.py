@@ -21,18 +21,25 @@ class Message(msgspec.Struct, tag_field="type", frozen=True):
 
 
 class Ticks(Message, tag="ticks.v1"):
-    """A batch of quotes; `feed` and `seq` let the router acknowledge and drop resent batches."""
+    """A batch of quotes; `feed` and `seq` let the router acknowledge and drop resent batches.
+
+    `token` proves the sender is the feed it names (the feed's secret in the run directory, see
+    :func:`osm.live.bus.feed_token`); the router refuses a batch without it and never forwards it.
+    """
 
     instrument: str
     count: int
     data: bytes  # TICK_DTYPE rows
     feed: str = ""
     seq: int = 0
+    token: str = ""
 
     @classmethod
-    def of(cls, instrument: str, ticks: np.ndarray, feed: str = "", seq: int = 0) -> Ticks:
+    def of(
+        cls, instrument: str, ticks: np.ndarray, feed: str = "", seq: int = 0, token: str = ""
+    ) -> Ticks:
         rows = np.ascontiguousarray(ticks, dtype=TICK_DTYPE)
-        return cls(instrument, len(rows), rows.tobytes(), feed, seq)
+        return cls(instrument, len(rows), rows.tobytes(), feed, seq, token)
 
     def array(self) -> np.ndarray:
         return _array(self.data, self.count, TICK_DTYPE)
@@ -54,11 +61,14 @@ class Bars(Message, tag="bars.v1"):
 
 
 class Heartbeat(Message, tag="heartbeat.v1"):
+    """Telemetry of one process; `token` is the secret the supervisor gave it when it started it."""
+
     process: str
     pid: int
     time_ns: int
     started_ns: int
     counters: dict[str, int] = {}
+    token: str = ""
 
 
 class Ack(Message, tag="ack.v1"):

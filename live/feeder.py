@@ -27,6 +27,7 @@ from osm.core import wire
 from osm.core.config import SystemConfig
 from osm.core.errors import ConfigError
 from osm.core.rundir import RunDir, write_atomic
+from osm.live.bus import feed_token
 from osm.live.feeds import open_source
 from osm.live.service import Service
 
@@ -79,6 +80,7 @@ class Feeder(Service):
         state = self._load_state()
         self._acked = self._position = self._persisted = int(state["seq"])
         self.source = open_source(self.feed, self._position, state.get("source", {}))
+        self.token = feed_token(self.rundir, self.name)  # proves to the router we are this feed
         self.sock = self.bus.connect(zmq.DEALER, "router_ticks")
         self.on(self.sock, self._on_reply)
         self.counters["acked"] = self._acked
@@ -158,7 +160,7 @@ class Feeder(Service):
             batch = rows[:due]
             self._held = (instrument, rows[due:]) if due < len(rows) else None
             self._position += len(batch)
-            message = wire.Ticks.of(instrument, batch, self.name, self._position)
+            message = wire.Ticks.of(instrument, batch, self.name, self._position, self.token)
             frames = wire.frames(f"ticks.{instrument}", message)
             self._unacked.append((self._position, frames))
             if len(self._unacked) == 1:  # the window was empty: the resend timer starts now

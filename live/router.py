@@ -3,34 +3,43 @@
 Sockets (endpoint names of ``endpoints.json``):
 
 ``router_ticks`` ROUTER
-    ``wire.Ticks`` batches from feeders (DEALER). Per feed, `seq` is the feed's position after the
-    batch (see :mod:`osm.live.feeder`); a batch ending at or before the applied position is a
-    duplicate (dropped, ``batches_duplicate``), one starting after it a gap (dropped,
-    ``batches_gap``: the feeder resends from the applied position), one overlapping it is applied
-    from the first tick not yet applied. ``wire.Ack(feed, seq)`` goes back, cumulative, once the
-    round of batches is applied, journaled and published. Batches without a feed are applied
-    without any of this.
-``router_bars`` PUB
+    ``wire.Ticks`` batches from feeders (DEALER). A feed speaks only for itself: a batch must name a
+    feed of the config (else ``rejected.unknown_feed``, and nothing is kept of the name), carry
+    that feed's token from the run directory (:func:`osm.live.bus.feed_token`; else
+    ``rejected.forged_feed``), quote one of its instruments (else ``rejected.foreign_instrument``)
+    and hold at most its `batch` ticks (else ``rejected.seq_jump``: a feeder never sends more, and
+    a longer batch would move the feed's position past what it sent). Per feed, `seq` is the
+    feed's position after the batch (see :mod:`osm.live.feeder`); a batch ending at or before the
+    applied position is a duplicate (dropped, ``batches_duplicate``), one starting after it a gap
+    (dropped, never adopted, ``batches_gap``: the feeder resends from the applied position), one
+    overlapping it is applied from the first tick not yet applied. ``wire.Ack(feed, seq)`` goes
+    back, cumulative, once the round of batches is applied, journaled and published.
+``router_bars`` XPUB
     ``bar.<INSTRUMENT>.<GRAN>``: closed bars (``wire.Bars``, complete); ``bar_partial.<INSTRUMENT>.
     <GRAN>``: the forming bar, at most `partial_hz` times a second per series; ``tick.<INSTRUMENT>``:
-    the accepted ticks (``wire.Ticks``), which the paper broker fills from.
+    the accepted ticks (``wire.Ticks``), which the paper broker fills from. A subscription is
+    applied only if it is a prefix of one of these topics (else ``rejected.subscription``), so the
+    subscriptions the socket keeps are bounded by the topics, whatever a subscriber sends.
 ``router_history`` ROUTER
     ``wire.HistoryRequest`` -> ``history.<INSTRUMENT>.<GRAN>`` + ``wire.Bars`` of closed bars
     (from memory, else the store; a granularity not built is resampled from a finer one that is),
     or ``error`` + ``wire.Reply(ok=False, error=...)``.
 
-Ticks are validated per instrument (:func:`osm.live.aggregate.validate`, called by
-:func:`osm.live.aggregate.ingest`); a refused tick is counted
-as ``rejected.<reason>`` (non_finite, non_positive, crossed, out_of_order, duplicate,
-unknown_instrument) and never used. A bar closes when the first tick of a later bar arrives.
-On start the router restores, from its journal and the store, the closed history, the forming bars,
-the last tick of every instrument and the applied position of every feed.
+Ticks are screened per instrument (:func:`osm.live.aggregate.screen`, called by
+:func:`osm.live.aggregate.ingest_screened`); a refused tick is counted as ``rejected.<reason>``
+(non_finite, non_positive, crossed, out_of_order, duplicate, unknown_instrument, and for
+implausible ticks ahead_of_clock, time_jump, price_spike, unconfirmed) and never used. A tick far
+from the last accepted one in time or price is held (``ticks_held``) until the following ticks
+confirm it. A bar closes when the first tick of a later bar arrives. On start the router restores,
+from its journal and the store, the closed history, the forming bars, the last tick and the held
+ticks of every instrument and the applied position of every feed.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zmq
@@ -38,12 +47,23 @@ import zmq
 from osm.core import wire
 from osm.core.barseries import BarSeries
 from osm.core.config import SystemConfig
-from osm.core.dtypes import BAR_DTYPE
+from osm.core.dtypes import BAR_DTYPE, TICK_DTYPE, empty_ticks
 from osm.core.errors import UnknownNameError
 from osm.core.granularity import GRANULARITIES, NS, is_finer, step_ns
 from osm.core.resample import resample
 from osm.core.rundir import RunDir
-from osm.live.aggregate import ACCEPTED, NO_BAR, REASONS, from_bars, ingest, opens_of, to_bars
+from osm.live.aggregate import (
+    ACCEPTED,
+    HELD,
+    NO_BAR,
+    REASONS,
+    Guard,
+    from_bars,
+    ingest_screened,
+    opens_of,
+    to_bars,
+)
+from osm.live.bus import feed_token
 from osm.live.service import Service
 from osm.live.store import BarStore, JournalRecord, dedupe, read_bars
 
@@ -58,6 +78,7 @@ class _Book:
         self.f_px = np.zeros((n, 8))
         self.f_n = np.zeros(n, np.int64)
         self.last: tuple[int, float, float] = (NO_BAR, np.nan, np.nan)
+        self.held = empty_ticks()  # ticks waiting for the following ones to confirm them
         self.series = [
             BarSeries(history, instrument=instrument, granularity=g) for g in granularities
         ]
@@ -71,6 +92,19 @@ class _Book:
     def restore_forming(self, g: int, bar: np.ndarray) -> None:
         times, prices, counts = from_bars(bar)
         self.f_time[g], self.f_px[g], self.f_n[g] = times[0], prices[0], counts[0]
+
+
+class _Feed(NamedTuple):
+    """What the router knows of a configured feed: the proof of its identity and its limits."""
+
+    token: str
+    instruments: frozenset[str]
+    batch: int
+    paced: bool  # speed in (0, 1]: its ticks never run ahead of this machine's clock
+
+
+_NO_LIMIT = np.iinfo(np.int64).max
+_MAX_TOPIC = 64  # longer than any topic of the bar socket
 
 
 class Router(Service):
@@ -87,6 +121,18 @@ class Router(Service):
         instruments = sorted({i for feed in config.feeds for i in feed.instruments})
         self.books = {i: _Book(i, self.granularities, settings.history) for i in instruments}
         self.seqs: dict[str, int] = {}
+        self.feeds = {
+            f.name: _Feed(
+                feed_token(rundir, f.name), frozenset(f.instruments), f.batch, 0 < f.speed <= 1
+            )
+            for f in config.feeds
+        }
+        self._jump_ns = int(settings.time_jump_s * NS)
+        self._lead_ns = int(settings.clock_lead_s * NS)
+        self._topics = [
+            f"{kind}.{i}.{g}" for i in instruments for g in self.granularities
+            for kind in ("bar", "bar_partial")
+        ] + [f"tick.{i}" for i in instruments]  # fmt: skip
         self.store = BarStore(rundir.bar_store) if settings.persist else None
         self._partial_interval = 1.0 / settings.partial_hz if settings.partial_hz > 0 else np.inf
         steps = [step_ns(g) for g in self.granularities]
@@ -103,10 +149,14 @@ class Router(Service):
 
     def setup(self) -> None:
         self._restore()
-        self.ticks_sock = self.bus.bind(zmq.ROUTER, "router_ticks")
-        self.pub = self.bus.bind(zmq.PUB, "router_bars")
+        # The longest batch a feed may send, with room for its names, token and msgpack framing.
+        longest = max(f.batch for f in self.feeds.values()) * TICK_DTYPE.itemsize + 4096
+        self.ticks_sock = self.bus.bind(zmq.ROUTER, "router_ticks", max_bytes=longest)
+        self.pub = self.bus.bind(zmq.XPUB, "router_bars")
+        self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
         self.history_sock = self.bus.bind(zmq.ROUTER, "router_history")
         self.on(self.ticks_sock, self._on_ticks)
+        self.on(self.pub, self._on_subscription)
         self.on(self.history_sock, self._on_history)
 
     def _restore(self) -> None:
@@ -121,6 +171,9 @@ class Router(Service):
         for instrument, last in self.store.last_ticks.items():
             if instrument in self.books:
                 self.books[instrument].last = (int(last[0]), float(last[1]), float(last[2]))
+        for instrument, held in self.store.held.items():
+            if instrument in self.books:
+                self.books[instrument].held = held
         for book in self.books.values():
             for series in book.series:
                 bars = read_bars(self.store.root, book.instrument, series.granularity)
@@ -131,6 +184,25 @@ class Router(Service):
         self.counters[f"rejected.{reason}"] += count - 1
         self.reject(reason, detail)
 
+    def _on_subscription(self, parts: list[bytes]) -> None:
+        """Apply a subscription (or its end) that some topic of the socket can match; count others.
+
+        The socket is manual: what a subscriber sends is kept only if this applies it, so what the
+        socket holds stays within the topics it publishes, whatever arrives.
+        """
+        frame = parts[0] if len(parts) == 1 else b""
+        if not frame or frame[0] not in (0, 1) or len(frame) > _MAX_TOPIC + 1:
+            self.reject("subscription", f"{len(parts)} frames of {len(frame)} bytes")
+            return
+        try:
+            topic = frame[1:].decode()
+        except UnicodeDecodeError:
+            topic = None
+        if topic is None or not any(t.startswith(topic) for t in self._topics):
+            self.reject("subscription", f"{frame[1:40]!r} matches no topic of the bar socket")
+            return
+        self.pub.setsockopt(zmq.SUBSCRIBE if frame[0] else zmq.UNSUBSCRIBE, frame[1:])
+
     def _on_ticks(self, parts: list[bytes]) -> None:
         if len(parts) != 3:
             self.reject(
@@ -140,23 +212,52 @@ class Router(Service):
         message = self.expect(parts[1:], wire.Ticks, "on the ticks socket")
         if message is None:
             return
+        feed = self._feed_of(message)
+        if feed is None:
+            return
         ticks = self.rows(message)
         if ticks is None:
             return
-        if message.feed:
-            ticks = self._unseen(message, ticks, parts[0])
-            if ticks is None:
-                return
-        book = self.books.get(message.instrument)
-        if book is None:
-            self._reject_many(
-                "unknown_instrument",
-                len(ticks),
-                f"{message.instrument!r}: no feed of the config declares it ({sorted(self.books)})",
-            )
+        ticks = self._unseen(message, ticks, parts[0])
+        if ticks is None:
             return
+        book = self.books[message.instrument]
         if len(ticks):
-            self._apply(book, ticks, message.feed)
+            self._apply(book, ticks, message.feed, feed.paced)
+
+    def _feed_of(self, message: wire.Ticks) -> _Feed | None:
+        """The configured feed that sent `message`, or None after counting why it is refused."""
+        feed = self.feeds.get(message.feed)
+        if feed is None:
+            self.reject(
+                "unknown_feed",
+                f"{message.feed[:40]!r} is no feed of the config ({sorted(self.feeds)})",
+            )
+            return None
+        if not hmac.compare_digest(message.token.encode(), feed.token.encode()):
+            self.reject("forged_feed", f"a batch for feed {message.feed!r} without its token")
+            return None
+        if message.instrument not in feed.instruments:
+            why = (
+                "unknown_instrument"
+                if message.instrument not in self.books
+                else "foreign_instrument"
+            )
+            self._reject_many(
+                why,
+                max(message.count, 1),
+                f"feed {message.feed!r} quotes {sorted(feed.instruments)}, "
+                f"not {message.instrument[:40]!r}",
+            )
+            return None
+        if message.count > feed.batch:
+            self.reject(
+                "seq_jump",
+                f"feed {message.feed!r} sent {message.count} ticks in a batch; it sends at most "
+                f"{feed.batch} (feeds[].batch)",
+            )
+            return None
+        return feed
 
     def _unseen(self, message: wire.Ticks, ticks: np.ndarray, identity: bytes) -> np.ndarray | None:
         """The ticks of a feed's batch not applied yet (None: nothing to apply); advance the feed."""
@@ -176,7 +277,15 @@ class Router(Service):
         self.counters["batches_applied"] += 1
         return ticks[applied - first :]
 
-    def _apply(self, book: _Book, ticks: np.ndarray, feed: str) -> None:
+    def _guard(self, paced: bool) -> Guard:
+        settings = self.config.router
+        max_time = time.time_ns() + self._lead_ns if paced else _NO_LIMIT
+        return Guard(max_time, self._jump_ns, settings.spike_band, settings.confirm_ticks)
+
+    def _apply(self, book: _Book, ticks: np.ndarray, feed: str, paced: bool) -> None:
+        n_held = len(book.held)
+        if n_held:  # the held ticks come first: this batch may confirm or contradict them
+            ticks = np.concatenate([book.held, ticks])
         time_ns, bid, ask = ticks["time"], ticks["bid"], ticks["ask"]
         if len(ticks) > self._closed_rows.shape[1]:
             self._closed_rows = np.empty((len(self.granularities), len(ticks)), BAR_DTYPE)
@@ -185,19 +294,21 @@ class Router(Service):
             if self._has_calendar
             else self._no_opens
         )
-        codes, accepted, last = ingest(
-            time_ns, bid, ask, *book.last, self._steps, calendar,
+        codes, accepted, last = ingest_screened(
+            time_ns, bid, ask, n_held, *book.last, *self._guard(paced), self._steps, calendar,
             book.f_time, book.f_px, book.f_n, self._closed_rows, self._closed_counts,
         )  # fmt: skip
         if accepted < len(ticks):
-            for code, count in enumerate(np.bincount(codes, minlength=len(REASONS))):
-                if code and count:
-                    self._reject_many(
-                        REASONS[code], int(count), f"{book.instrument}: {count} ticks"
-                    )
+            self._count_refused(book, codes, n_held)
+            held = codes == HELD
+            if n_held or held.any():
+                book.held = ticks[held]
+                book.changed = True
             if not accepted:
                 return
             ticks = ticks[codes == ACCEPTED]
+        elif n_held:
+            book.held = book.held[:0]
         book.last = (int(time_ns[last]), float(bid[last]), float(ask[last]))
         book.changed = True
         book.partial_due[:] = True
@@ -210,6 +321,16 @@ class Router(Service):
         accepted = wire.Ticks.of(book.instrument, ticks, feed)
         self._ticks_out.append(wire.frames(f"tick.{book.instrument}", accepted))
         self.counters["ticks_applied"] += len(ticks)
+
+    def _count_refused(self, book: _Book, codes: np.ndarray, n_held: int) -> None:
+        counts = np.bincount(codes, minlength=len(REASONS))
+        # Ticks held before this batch and still held are counted once, when first held.
+        counts[HELD] -= int((codes[:n_held] == HELD).sum())
+        if counts[HELD]:
+            self.counters["ticks_held"] += int(counts[HELD])
+        for code, count in enumerate(counts):
+            if code not in (ACCEPTED, HELD) and count:
+                self._reject_many(REASONS[code], int(count), f"{book.instrument}: {count} ticks")
 
     def idle(self) -> None:
         self._commit()
@@ -245,8 +366,11 @@ class Router(Service):
                     forming=forming,
                     seqs={feed: self.seqs.get(feed, 0) for feed in self._replies},
                     last_ticks={b.instrument: b.last for b in changed},
+                    held=[wire.Ticks.of(b.instrument, b.held) for b in changed],
                 )
             )
+            if self.config.router.journal_sync == "full":
+                self.store.sync()  # acknowledged means on disk, power loss included
         for feed, identity in self._replies.items():
             ack = wire.Ack(feed, self.seqs.get(feed, 0))
             self.ticks_sock.send_multipart([identity, *wire.frames("ack", ack)])

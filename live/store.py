@@ -10,12 +10,13 @@ A partition file is written once its period is over (the first bar of a later pe
 on a clean shutdown; always to a temporary file renamed over the old one, merged with what the old
 one held. Until then its bars live in the journal, which the router appends to after every round of
 batches. A journal record holds the bars that closed, the forming bars that changed, the feeds'
-last applied seq and the instruments' last accepted tick, so a router killed with -9 restores all
-of it. Record format: 8-byte header (payload length, CRC-32, both uint32 little-endian) and a
+last applied seq, the instruments' last accepted tick and the ticks held until confirmed
+(:func:`osm.live.aggregate.screen`), so a router killed with -9 restores all of it. Record format: 8-byte header (payload length, CRC-32, both uint32 little-endian) and a
 msgpack :class:`JournalRecord`; the file starts with :data:`JOURNAL_MAGIC`; a torn or corrupt tail
 (a kill during a write) ends the journal. When a partition is written, or the journal grows past
 its limit, the journal is rewritten (temp + rename) as one record: the state and the bars not yet in
-Parquet. Loading dedupes bars on open time (the journal wins), so a crash between a partition write
+Parquet. Every rename is followed by an fsync of its folder, so a power loss cannot undo it after
+the journal has dropped the bars the renamed file holds. Loading dedupes bars on open time (the journal wins), so a crash between a partition write
 and the journal rewrite never duplicates a bar.
 
 Readers never lock: they read the journal first, then the Parquet files. A writer renames the
@@ -61,6 +62,7 @@ class JournalRecord(msgspec.Struct, forbid_unknown_fields=True):
     forming: list[wire.Bars] = []
     seqs: dict[str, int] = {}
     last_ticks: dict[str, tuple[int, float, float]] = {}
+    held: list[wire.Ticks] = []  # per instrument, the ticks held until confirmed (none: empty)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -131,6 +133,16 @@ def _write_partition(path: Path, bars: np.ndarray) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename into `folder` durable: without it a power loss can undo the rename."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_journal(path: Path) -> Iterator[JournalRecord]:
@@ -235,6 +247,7 @@ class BarStore:
         self.seqs: dict[str, int] = {}
         self.forming: dict[SeriesKey, np.ndarray] = {}
         self.last_ticks: dict[str, tuple[int, float, float]] = {}
+        self.held: dict[str, np.ndarray] = {}
         self._pending: dict[SeriesKey, dict[str, list[np.ndarray]]] = {}
         self._fd: int | None = None
         self._size = self._rewrite_at = 0
@@ -293,6 +306,8 @@ class BarStore:
             self.forming[(message.instrument, message.granularity)] = message.array().copy()
         self.seqs.update(record.seqs)
         self.last_ticks.update(record.last_ticks)
+        for message in record.held:
+            self.held[message.instrument] = message.array().copy()
         return finished
 
     def _write_partitions(self, everything: bool) -> None:
@@ -312,16 +327,18 @@ class BarStore:
             forming=[wire.Bars.of(i, g, bars) for (i, g), bars in self.forming.items()],
             seqs=dict(self.seqs),
             last_ticks=dict(self.last_ticks),
+            held=[wire.Ticks.of(i, ticks) for i, ticks in self.held.items() if len(ticks)],
         )
         data = JOURNAL_MAGIC + _record_bytes(snapshot)
         tmp = self.journal_path.with_name(f".{self.journal_path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.journal_path)
+        sync_folder(self.journal_path.parent)
         self.close()
         self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
         self._size = len(data)
