@@ -11,6 +11,9 @@ come for `resend_s` seconds, which is also how a restarted router gets them. The
 position is saved in ``state/feeder.NAME.json``; a restarted feeder rebuilds its (deterministic)
 source at that position, and the router drops whatever it had already, so no tick is lost or
 applied twice.
+
+The supervisor starts a feeder only once the brains trading its instruments are warm (see
+:mod:`osm.live.supervisor`): a replay, at any speed, reaches brains that decide its first bar.
 """
 
 from __future__ import annotations
