@@ -29,8 +29,10 @@ import argparse
 import collections
 import contextlib
 import fcntl
+import hmac
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -51,7 +53,7 @@ from osm.live import preflight
 from osm.live.bus import plan_endpoints
 from osm.live.client import Client, alive, running_pid
 from osm.live.process import configure_logging
-from osm.live.service import Service
+from osm.live.service import PROCESS_TOKEN_ENV, Service
 
 STALL_INTERVALS = 10  # heartbeat intervals without a beat before a process counts as hung
 MIN_STALL_S = 5.0  # ...but never less: a loaded machine delays beats by seconds
@@ -82,6 +84,7 @@ class Child:
     counters: dict[str, int] = field(default_factory=dict)
     carried: collections.Counter[str] = field(default_factory=collections.Counter)
     waits_for: tuple[str, ...] = ()  # brains to be warm before the first launch (of a feeder)
+    token: str = ""  # the secret of this incarnation: its heartbeats carry it, a forger's cannot
 
     def totals(self) -> collections.Counter[str]:
         """Counters summed over every incarnation (a crash must not hide its rejects)."""
@@ -146,13 +149,14 @@ class Supervisor(Service):
             child.carried += collections.Counter(child.counters)
         command = [sys.executable, "-m", "osm.live.process", child.role, child.name]
         command += ["--home", str(self.rundir.home)]
+        child.token = secrets.token_hex(16)
         with open(self.rundir.log_path(child.name), "ab") as log:
             child.popen = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._child_env,
+                env={**(self._child_env or os.environ), PROCESS_TOKEN_ENV: child.token},
             )
         child.state, child.started, child.last_beat = "starting", time.monotonic(), None
         child.counters, child.exit_code = {}, None
@@ -253,6 +257,8 @@ class Supervisor(Service):
             self.reject("unknown_process", f"heartbeat from {beat.process!r} (pid {beat.pid})")
         elif child.popen is None or child.popen.pid != beat.pid:
             self.counters["stale_heartbeats"] += 1  # the last words of a replaced incarnation
+        elif not hmac.compare_digest(beat.token.encode(), child.token.encode()):
+            self.reject("forged_heartbeat", f"a heartbeat for {beat.process!r} without its token")
         else:
             child.last_beat, child.counters = time.monotonic(), dict(beat.counters)
             if child.state == "starting":
@@ -510,12 +516,19 @@ def _serve(rundir: RunDir, foreground: bool) -> int:
 def _detach(rundir: RunDir) -> None:
     """Fork once more and leave the parent: the daemon is re-parented and has no terminal.
 
-    The parent prints the daemon's pid for :func:`up`, which waits for it to answer.
+    The parent prints the daemon's pid for :func:`up`, which waits for it to answer. The daemon
+    waits until it is re-parented: every service stops when its parent changes (an orphan must not
+    trade unwatched), and the daemon must take its final parent, not the one about to exit, as its
+    own.
     """
+    launcher = os.getpid()
     pid = os.fork()
     if pid:
         print(pid, flush=True)
         os._exit(0)
+    deadline = time.monotonic() + 10.0
+    while os.getppid() == launcher and time.monotonic() < deadline:
+        time.sleep(0.001)
     log = os.open(rundir.log_path("supervisor"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
