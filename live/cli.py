@@ -236,7 +236,8 @@ def cmd_up(home: Path, args: argparse.Namespace) -> int:
                 f"to apply them, `osm down --home {rundir.home}` first, then `osm up` again",
                 file=sys.stderr,
             )
-    with Client(home) as client:
+    # Patient: processes starting at once on a busy machine can hold an answer for seconds.
+    with Client(home, timeout_s=max(args.timeout, 15.0)) as client:
         status = with_trading(client, wait_running(client, UP_TIMEOUT_S))
     refused = [p for p in status["processes"] if p["exit_code"] == EXIT_CONFIG]
     if done.started and refused:
