@@ -22,12 +22,15 @@ Every input array holds one value per bar, oldest first; every output has the in
   :func:`ratio` makes of it.
 - **Floats are for charts.** :func:`sma` and :func:`rolling_std` return float64 in the input's
   units (``bars.to_price`` turns half-points into prices). From integer input they come from the
-  exact sums in O(bars). Float input is accepted as well; each window is then summed afresh,
-  O(bars x window), so that a value still does not depend on the bars before its window, but a
-  float comparison can be decided by rounding: decide on the integer arrays.
+  exact sums in O(bars). :func:`rolling_sum`, :func:`sma` and :func:`rolling_std` take float input
+  as well; each window is then summed afresh, O(bars x window), so that a value still does not
+  depend on the bars before its window, but a float comparison can be decided by rounding: decide
+  on the integer arrays.
 
 The rolling extremes and :func:`shift` do no arithmetic and take integer or float arrays alike.
-All kernels are ``@njit(cache=True, nogil=True)``: call them from Python or from other kernels.
+:func:`quote_decimals` and :func:`half_points` are how ``Bars`` derives the integer prices.
+Every kernel is ``@njit(cache=True, nogil=True)``: call it from Python or from other kernels
+(:func:`ratio`, which turns a parameter into a fraction, is plain Python).
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 
 
-# Type dispatch: the overloads below choose an implementation by the array's dtype when a kernel
-# is compiled; the plain functions are their pure-Python twins.
+# Type dispatch: each overload below chooses an implementation by the array's dtype when the
+# kernel calling it is compiled; the plain function of the same name is what the kernels call.
 
 
 def _missing(x: np.ndarray) -> int | float:
