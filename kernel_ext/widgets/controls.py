@@ -38,6 +38,8 @@ class Controls:
         self.widget = w.VBox(
             [w.HBox([self.halt, self.resume, self.flatten]), self.confirmation, self.message]
         )
+        for button in (self.halt, self.resume, self.flatten, self.confirm, self.cancel):
+            clicks_on_any_shell(button)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -69,6 +71,19 @@ class Controls:
             widget.close()
         for widget in (self.confirmation, self.message, self.widget):
             widget.close()
+
+
+def clicks_on_any_shell(widget: w.Widget) -> None:
+    """Handle the front end's messages to `widget` on the shell it sends them to.
+
+    JupyterLab 4.4+ sends widget messages to a kernel subshell, so a click runs while a cell is
+    busy; but ipykernel 7.4 routes a comm message to the shell that last published on that comm
+    (the main shell, for a widget a cell created) to deliver replies where they are awaited. A
+    button awaits no reply: its clicks take the front end's choice of shell.
+    """
+    comm = widget.comm
+    if comm is not None and hasattr(comm, "_reply_subshell_for"):
+        comm._reply_subshell_for = lambda _data, default: default
 
 
 def _summary(answer: Any) -> str:
