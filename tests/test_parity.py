@@ -3,7 +3,7 @@
 Real processes and sockets: a replay feeder, the router, a brain and the trader with its paper
 broker. The fills the trader publishes are compared with `osm.research.backtest` of the same
 strategy, parameters and bars: same time, side, units and price for every fill. Fills are collected
-until the brain has decided the last bar and the journal holds no open order but that decision's,
+until the brain has decided the last closed bar and the journal holds no open order but that decision's,
 so a missing fill and an extra one both fail the test.
 """
 
@@ -109,7 +109,9 @@ def test_replayed_bars_fill_like_the_backtest(strategy, day_of_m1, home):
                 system.alive(name)
             return len(got)
 
-        last = f"parity-{int(bars['time'][-1])}"
+        # The file's last bar never closes (no later quote comes): the last decision is the one
+        # before, whose fill is at the last bar's open.
+        last = f"parity-{int(bars['time'][-2])}"
         journal = home / "db" / "trader.sqlite"
         wait_for(
             lambda: collect() >= 0 and settled(journal, last),
