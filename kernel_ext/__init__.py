@@ -26,6 +26,9 @@ _EXPORTS = {
     "chart": "osm.widgets.chart",
     "blotter": "osm.widgets.blotter",
     "controls": "osm.widgets.controls",
+    "sweep_heatmap": "osm.widgets.research",
+    "equity_chart": "osm.widgets.research",
+    "walk_forward_chart": "osm.widgets.research",
 }
 __all__ = sorted(_EXPORTS)
 _SUBPACKAGES = ["core", "live", "research", "strategies", "widgets"]
