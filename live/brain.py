@@ -17,6 +17,11 @@ target times `size`, sent as a Target whose client id is ``<brain>-<bar open ns>
 brain therefore resends the decision it may have sent already, and the trader refuses the
 duplicate instead of trading twice.
 
+Targets go to the trader one at a time, in bar order: the next is sent when the trader has replied
+to the one before. A target the trader took with it when it died (read off the socket, not yet
+journaled) gets no reply, so it is resent after TARGET_RETRY_S, with the same client id: the trader
+journals it once, and no later decision overtakes it.
+
 Warm-up counts in ``warmups`` and is reported at once in a heartbeat: the supervisor starts the
 feeders of the brain's instrument only then, so a replay's first bar is decided like its last.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 
 import numpy as np
 import zmq
@@ -38,6 +44,7 @@ from osm.live.service import Service
 from osm.strategies.base import load_strategy
 
 HISTORY_RETRY_S = 5.0
+TARGET_RETRY_S = 2.0
 
 
 class Brain(Service):
@@ -52,6 +59,8 @@ class Brain(Service):
         self._request: wire.HistoryRequest | None = None  # the history request awaiting a reply
         self._requested_at = 0.0
         self._gap_checked_until = -1  # bars up to this open time were asked of the history
+        self._outbox: deque[wire.Target] = deque()  # decisions not yet answered, the first sent
+        self._target_sent_at = 0.0
         self._topic = f"bar.{self.spec.instrument}.{self.spec.granularity}"
         self._bars = self.bus.connect(zmq.SUB, "router_bars")
         self._bars.setsockopt(zmq.SUBSCRIBE, self._topic.encode())
@@ -75,6 +84,9 @@ class Brain(Service):
         if request is not None and time.monotonic() - self._requested_at > HISTORY_RETRY_S:
             self.counters["history_retries"] += 1
             self._send(request)
+        if self._outbox and time.monotonic() - self._target_sent_at > TARGET_RETRY_S:
+            self.counters["target_retries"] += 1
+            self._send_target()
 
     def _ask_history(self, end_ns: int | None) -> None:
         self._request = wire.HistoryRequest(
@@ -186,13 +198,25 @@ class Brain(Service):
             f"{self.name}-{bar_time}",
             next_open(bar_time, self.spec.granularity, self.config.router.alignment),
         )
-        self._orders.send_multipart(wire.frames("target", decision))
+        self._outbox.append(decision)
         self.counters["targets"] += 1
+        if len(self._outbox) == 1:
+            self._send_target()
+
+    def _send_target(self) -> None:
+        self._orders.send_multipart(wire.frames("target", self._outbox[0]))
+        self._target_sent_at = time.monotonic()
 
     def _on_reply(self, parts: list[bytes]) -> None:
         reply = self.expect(parts, wire.OrderReply, "from the trader")
         if reply is None:
             return
+        if not self._outbox or reply.client_id != self._outbox[0].client_id:
+            self.counters["replies_late"] += 1  # the answer to a resent target came twice
+            return
+        self._outbox.popleft()
+        if self._outbox:
+            self._send_target()
         if reply.accepted:
             self.counters["accepted"] += 1
         else:

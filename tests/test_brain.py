@@ -125,9 +125,11 @@ def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
 
     def target() -> wire.Target:
         wait_for(lambda: system.alive("b1") or trader.poll(50), TIMEOUT, "a target")
-        _, topic, payload = trader.recv_multipart()
+        peer, topic, payload = trader.recv_multipart()
         message = wire.decode(payload)
         assert topic == b"target" and isinstance(message, wire.Target)
+        reply = wire.OrderReply(message.client_id, True, units=message.units)
+        trader.send_multipart([peer, *wire.frames("order_reply", reply)])
         return message
 
     def expect(merged: list[int]) -> None:
@@ -175,6 +177,35 @@ def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
     counters = system.wait_counter("b1", "targets", 8, TIMEOUT)
     assert counters["targets"] == 8 and counters["gaps"] == 2
     assert counters["bars_seen_twice"] == 2  # live 41 once more after history, and 43
+
+
+def test_a_target_lost_with_the_trader_is_resent_before_any_later_one(system):
+    router = Router(system)
+    trader = system.bind(zmq.ROUTER, "trader_orders")
+
+    def receive() -> tuple[bytes, wire.Target]:
+        wait_for(lambda: system.alive("b1") or trader.poll(50), TIMEOUT, "a target")
+        peer, _, payload = trader.recv_multipart()
+        return peer, wire.decode(payload)
+
+    system.start("brain", "b1")
+    router.wait_subscription("bar.EUR_USD.M1", "b1")
+    identity, _ = router.request("b1")
+    router.answer(identity, list(range(0, 20)))
+    _, lost = receive()  # read and never answered: the trader died with it
+    router.bar(20)
+    router.bar(21)
+    peer, again = receive()
+    assert again == lost  # resent, not overtaken by the decisions on bars 20 and 21
+    assert not trader.poll(200)  # nothing else while it waits for the answer
+    for expected_bar in (20, 21):
+        trader.send_multipart(
+            [peer, *wire.frames("order_reply", wire.OrderReply(again.client_id, True))]
+        )
+        peer, again = receive()
+        assert again.client_id == f"b1-{BARS['time'][expected_bar]}"
+    counters = system.wait_counter("b1", "target_retries", 1, TIMEOUT)
+    assert counters["targets"] == 3
 
 
 def trader_journal(system: LiveSystem) -> tuple[list, list]:
