@@ -87,7 +87,14 @@ class _Walk:
         out = empty_ticks(_BLOCK)
         out["time"] = trading_to_wall_ms(self._anchor, tau) * _MS
         out["bid"], out["ask"] = bid, np.round(ask, self.precision)
-        self.buffer, self.cursor = out, 0
+        # A quote that repeats the one before in the same millisecond says nothing new, and the
+        # router would count it as a rejected duplicate: the market does not send it.
+        before = np.empty_like(out)
+        before[1:] = out[:-1]
+        before[:1] = self.buffer[-1:] if len(self.buffer) else out[:1]
+        repeats = out == before
+        repeats[0] &= len(self.buffer) > 0
+        self.buffer, self.cursor = out[~repeats], 0
 
 
 class SyntheticSource:
