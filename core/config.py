@@ -186,6 +186,18 @@ class RiskLimits(_Config):
     )
     max_order: Annotated[int, Meta(ge=1, description="units, absolute, per order")] = 500_000
     max_orders_per_minute: Annotated[int, Meta(ge=1, description="orders sent per minute")] = 120
+    max_decision_age_s: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="market seconds after its after_ns (its bar's close) that a decision may "
+            "still fill; a brain's own bar is allowed when longer; later it is refused as stale",
+        ),
+    ] = 600.0
+    max_decision_ahead_s: Annotated[
+        float,
+        Meta(gt=0, description="how far after the market clock a decision's after_ns may lie"),
+    ] = 86_400.0
 
 
 class TraderConfig(_Config):

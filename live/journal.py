@@ -11,7 +11,8 @@ Schema::
            created_ns, updated_ns)
         kind: order | target | flatten; target: the wanted position of a target, else NULL;
         status: new (committed, maybe not sent) | sent (and still open then; an order filled at
-        once goes from new to filled) | filled | refused | noop (a target already met) | lost
+        once goes from new to filled) | filled | refused (also an order that expired: a stale
+        decision, its reason says so) | noop (a target already met) | lost
         (sent, but the broker neither holds nor filled it after a restart)
     fills(seq, client_id UNIQUE -> orders, brain, instrument, units, price, commission, time_ns)
     positions(instrument PRIMARY KEY, units, average_price, realized, commission, updated_ns)
@@ -221,6 +222,14 @@ class Journal:
             self._write_position(instrument, book, now_ns)
         db.execute("COMMIT")
         return out
+
+    def decided(self) -> dict[tuple[str, str], int]:
+        """The newest after_ns of the targets executed (or met) per (brain, instrument)."""
+        rows = self._db.execute(
+            "SELECT brain, instrument, MAX(after_ns) FROM orders"
+            " WHERE kind = 'target' AND status != 'refused' GROUP BY brain, instrument"
+        ).fetchall()
+        return {(brain, instrument): after for brain, instrument, after in rows}
 
     def orders(self, limit: Limit = 100, status: str | None = None) -> list[dict[str, Any]]:
         """The latest orders, newest first, optionally of one status."""

@@ -18,6 +18,22 @@ the broker. A trader that cannot journal what happened (a fill) crashes, as ever
 on an error it cannot reason about (:mod:`osm.live.service`), and its restart recovers the same way.
 Commands: status, halt, resume, flatten, orders, fills, positions (see `_command`); their arguments
 are checked against the handlers' signatures and types.
+
+A decision is for its bar. A Target or Order whose ``after_ns`` is set is refused, journaled as
+refused with the reason, counted and answered when
+
+- its instrument is quoted by none of the configured feeds (``unknown_instrument``; a trader run
+  without feeds takes every known instrument): nothing would ever fill it;
+- its ``after_ns`` lies more than ``max_decision_ahead_s`` after the market clock (the wall clock
+  before the first quote) (``future_decision``): it could only fill in years;
+- it is a target older than one the same brain already had executed for the instrument
+  (``stale_decision``): a resent target must not undo a newer one;
+- its fill quote, the first at or after ``after_ns``, comes more than its validity later in market
+  time (``stale_decision``): the validity is ``max_decision_age_s`` or, when longer, one bar of the
+  deciding brain's configured granularity. The paper broker knows that quote when the order arrives
+  (it keeps recent quotes) or learns it when the quote comes; an order that waits past its validity
+  expires then, and is journaled, counted and published on ``order.<brain>`` the same way. This is
+  what keeps targets queued while the trader was down from all filling at its first quote.
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ import zmq
 
 from osm.core import wire
 from osm.core.errors import UnknownNameError
+from osm.core.granularity import step_ns
 from osm.core.instruments import INSTRUMENTS
 from osm.live.adapters import Book, brokers
 from osm.live.journal import Journal
@@ -66,6 +83,17 @@ class Trader(Service):
         self._brain_units: collections.Counter[tuple[str, str]] = collections.Counter()
         self._unmarked: list[str] = []  # client ids submitted since the last drain
         self._market_ns = 0  # time of the newest valid quote: the market's clock
+        feeds = self.config.feeds
+        self._quoted = sorted({i for f in feeds for i in f.instruments}) if feeds else INSTRUMENTS
+        self._validity_ns = {
+            b.name: max(int(config.risk.max_decision_age_s * 1e9), step_ns(b.granularity) or 0)
+            for b in self.config.brains
+        }
+        self._default_validity_ns = int(config.risk.max_decision_age_s * 1e9)
+        self._ahead_ns = int(config.risk.max_decision_ahead_s * 1e9)
+        self._decided: dict[tuple[str, str], int] = {}  # newest target's after_ns per brain
+        if hasattr(self.broker, "expiry"):
+            self.broker.expiry = self._deadline
         self._recover()
         self._next_positions = 0.0
         self._requests = self.bus.bind(zmq.ROUTER, "trader_orders")
@@ -96,11 +124,25 @@ class Trader(Service):
                 if position.units:
                     self._publish(f"position.{position.instrument}", position)
 
+    def _deadline(self, order: wire.Order) -> int | None:
+        """The last market instant `order` may fill at; None: whenever (an order for now)."""
+        if order.after_ns <= 0:
+            return None
+        return order.after_ns + self._validity_ns.get(order.brain, self._default_validity_ns)
+
     def _recover(self) -> None:
         now = now_ns()
         recovered = self.journal.rebuild(now)
         self._books, self._brain_units = recovered.books, recovered.brain_units
-        open_orders = self.journal.open_orders()
+        self._decided = self.journal.decided()
+        open_orders = []
+        for order in self.journal.open_orders():
+            refusal = self._implausible(order)
+            if refusal is None:
+                open_orders.append(order)
+                continue
+            self.journal.mark(order.client_id, "refused", now, f"expired: {refusal.text}")
+            self.reject(refusal.code, f"{order.client_id} (open at restart): {refusal.text}")
         lost = set(self.broker.restore(recovered.books, recovered.balance, open_orders))
         for order in open_orders:
             if order.client_id in lost:
@@ -163,10 +205,18 @@ class Trader(Service):
                 f"{known['units']} units); a client id is executed at most once"
             )
             return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
-        if message.instrument not in INSTRUMENTS:
-            text = str(UnknownNameError("instrument", message.instrument, INSTRUMENTS))
-            return self._refuse(order, kind, target, Refusal("unknown_instrument", text))
+        refusal = self._implausible(order)
+        if refusal is not None:
+            return self._refuse(order, kind, target, refusal)
         if target is not None:
+            newest = self._decided.get((order.brain, order.instrument), 0)
+            if 0 < order.after_ns < newest:
+                text = (
+                    f"stale decision: a target for after_ns={newest} of {order.brain} in "
+                    f"{order.instrument} came first; this one (after_ns={order.after_ns}) is older"
+                )
+                return self._refuse(order, kind, target, Refusal("stale_decision", text))
+            self._decided[(order.brain, order.instrument)] = max(newest, order.after_ns)
             held, _ = self._projected(message.brain, message.instrument)
             order = msgspec.structs.replace(order, units=target - held)
             if order.units == 0:
@@ -176,6 +226,26 @@ class Trader(Service):
             text = "an order needs non-zero units (positive buys, negative sells)"
             return self._refuse(order, kind, target, Refusal("bad_order", text))
         return self._execute(order, kind, target)
+
+    def _implausible(self, order: wire.Order) -> Refusal | None:
+        """Refuse an order nothing could fill: an instrument no feed quotes, a far-future time."""
+        if order.instrument not in self._quoted:
+            text = str(UnknownNameError("instrument", order.instrument, self._quoted))
+            if order.instrument in INSTRUMENTS:
+                text = (
+                    f"no configured feed quotes {order.instrument} (quoted: "
+                    f"{', '.join(self._quoted)}); add it to a feed's instruments in config.json"
+                )
+            return Refusal("unknown_instrument", text)
+        clock = self._market_ns or now_ns()
+        if order.after_ns > clock + self._ahead_ns:
+            text = (
+                f"after_ns={order.after_ns} is {(order.after_ns - clock) / 1e9:.0f} s after the "
+                f"market clock {clock}, beyond trader.risk.max_decision_ahead_s "
+                f"{self._ahead_ns / 1e9:.0f}: it could not fill in time"
+            )
+            return Refusal("future_decision", text)
+        return None
 
     def _projected(self, brain: str, instrument: str) -> tuple[int, int]:
         """Units of `instrument` held by `brain` and by the account, counting pending orders."""
@@ -202,6 +272,9 @@ class Trader(Service):
             text = f"client id {order.client_id!r} is already journaled"
             return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
         self.broker.submit(order)
+        expired = self._expire()  # the paper broker may know at once that its quote is too late
+        if order.client_id in expired:  # journaled, counted and published by _expire
+            return wire.OrderReply(order.client_id, False, expired[order.client_id], order.units)
         self._unmarked.append(order.client_id)
         self.risk.record(order.brain, at_ns)
         self.counters["orders_sent"] += 1
@@ -220,6 +293,19 @@ class Trader(Service):
         self.reject(refusal.code, f"{order.client_id}: {refusal.text}")
         reply = wire.OrderReply(order.client_id, False, refusal.text, order.units)
         return self._announce(reply, order)
+
+    def _expire(self) -> dict[str, str]:
+        """Journal, count and publish the orders the broker let expire; return id -> reason."""
+        take = getattr(self.broker, "take_expired", None)
+        expired = take() if take is not None else []
+        if not expired:
+            return {}
+        now = now_ns()
+        for order, why in expired:
+            self.journal.mark(order.client_id, "refused", now, why)
+            self.reject("stale_decision", f"{order.client_id}: {why}")
+            self._announce(wire.OrderReply(order.client_id, False, why, order.units), order)
+        return {order.client_id: why for order, why in expired}
 
     def _announce(self, reply: wire.OrderReply, order: wire.Order) -> wire.OrderReply:
         self._publish(f"order.{order.brain}", reply)
@@ -257,9 +343,10 @@ class Trader(Service):
         "sent" only informs: recovery treats a "new" order the same way. So it is written off the
         order's path, and not at all for an order whose fill is committed just below.
         """
+        expired = self._expire()
         fills = self.broker.take_fills()
         if self._unmarked:
-            filled = {fill.client_id for fill in fills}
+            filled = {fill.client_id for fill in fills} | expired.keys()
             now = now_ns()
             for client_id in self._unmarked:
                 if client_id not in filled:

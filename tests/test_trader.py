@@ -31,9 +31,11 @@ TIMEOUT = 30.0
 class TraderHarness:
     """A trader process, the test's quote publisher, a request socket and an event subscriber."""
 
-    def __init__(self, home, risk: RiskLimits, commission: float = 2e-5) -> None:
+    def __init__(
+        self, home, risk: RiskLimits, commission: float = 2e-5, feeds: list | None = None
+    ) -> None:
         trader = TraderConfig(commission=commission, balance=100_000.0, risk=risk)
-        self.system = LiveSystem(home, SystemConfig(feeds=[], trader=trader))
+        self.system = LiveSystem(home, SystemConfig(feeds=feeds or [], trader=trader))
         self.quotes = self.system.bind(zmq.XPUB, "router_bars")
         self.quotes.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.requests = self.system.socket(zmq.DEALER, "trader_orders")
@@ -87,8 +89,9 @@ class TraderHarness:
         assert isinstance(reply, wire.OrderReply) and reply.client_id == cid
         return reply
 
-    def tick(self, t_ns: int, bid: float, ask: float, instrument: str = "EUR_USD") -> None:
-        ticks = as_ticks(np.array([t_ns]), np.array([bid]), np.array([ask]))
+    def tick(self, t_ns, bid: float, ask: float, instrument: str = "EUR_USD") -> None:
+        t = np.atleast_1d(np.asarray(t_ns, dtype=np.int64))
+        ticks = as_ticks(t, np.full(len(t), bid), np.full(len(t), ask))
         self.quotes.send_multipart(
             wire.frames(f"tick.{instrument}", wire.Ticks.of(instrument, ticks))
         )
@@ -257,8 +260,8 @@ def test_max_orders_per_minute_counts_market_time(home):
         assert (row["units"], row["accepted"]) == (-5_000, True)
 
         # A replay's quotes run ahead; the decisions that follow, one per bar, are sent within
-        # milliseconds but each counts at its own bar: none is refused.
-        harness.tick(T0 + 3600 * S, 1.1000, 1.1002)
+        # milliseconds but each counts (and fills) at its own bar: none is refused.
+        harness.tick([T0 + 60 * k * S for k in range(1, 61)], 1.1000, 1.1002)
         wait_for(
             lambda: harness.command("status")["market_time_ns"] == T0 + 3600 * S,
             TIMEOUT,
@@ -411,3 +414,92 @@ def test_a_failing_handler_crashes_the_trader_which_restarts_and_loses_nothing(h
     crash = "osm trader trader crashed in _on_request: IntegrityError: injected fault"
     log = (home / "logs" / "trader.log").read_text().splitlines()
     assert sum(line.startswith(crash) for line in log) == 1, log[-20:]
+
+
+def test_stale_decisions_queued_while_the_trader_was_down_expire_instead_of_filling(trader):
+    """Targets sent while the trader is down reach it after its restart, before any quote: the
+    first quote, two hours of market later, is past their validity, so none fills."""
+    trader.tick(T0, 1.1000, 1.1002)
+    assert trader.order(1_000, "early", after_ns=T0).accepted
+    trader.event("fill.b1")
+    trader.kill()
+    queued = trader.system.socket(zmq.DEALER, "trader_orders")
+    for k in range(1, 8):
+        target = wire.Target("b1", "EUR_USD", 10_000 * (-1) ** k, f"q{k}", T0 + 60 * k * S)
+        queued.send_multipart(wire.frames("request", target))
+    trader.start()
+    replies = []
+    while len(replies) < 7:  # accepted: their quotes have not come yet
+        wait_for(lambda: queued.poll(50), TIMEOUT, "the queued targets' replies")
+        replies.append(wire.parse(queued.recv_multipart())[1])
+    assert [r.accepted for r in replies] == [True] * 7
+    late = T0 + 7200 * S
+    trader.tick(late, 1.2000, 1.2002)
+    expired = [trader.event("order.b1") for _ in range(7)]
+    assert sorted(r.client_id for r in expired) == [f"q{k}" for k in range(1, 8)]
+    assert not any(r.accepted for r in expired) and "stale decision" in expired[0].reason
+    assert "max_decision_age_s" in expired[0].reason
+    wait_for(lambda: trader.counters().get("rejected.stale_decision") == 7, TIMEOUT, "counted")
+    assert trader.command("status")["open_orders"] == 0
+    assert trader.command("fills") and [f["client_id"] for f in trader.command("fills")] == [
+        "early"
+    ]
+    assert {p["instrument"]: p["units"] for p in trader.command("positions")} == {"EUR_USD": 1_000}
+    orders = {o["client_id"]: (o["status"], o["reason"]) for o in trader.command("orders")}
+    assert all(orders[f"q{k}"][0] == "refused" for k in range(1, 8))
+    assert "stale decision" in orders["q3"][1]
+
+    # A decision whose quote the trader holds but long past is refused at once, with the reason.
+    stale = trader.request(wire.Target("b1", "EUR_USD", 5_000, "old", T0 + 100 * S))
+    assert not stale.accepted and "stale decision" in stale.reason
+    # A fresh one fills; an older target resent after it is superseded and refused.
+    fresh = trader.request(wire.Target("b1", "EUR_USD", 5_000, "new", late))
+    assert (fresh.accepted, fresh.units) == (True, 4_000)
+    assert trader.event("fill.b1").client_id == "new"
+    resent = trader.request(wire.Target("b1", "EUR_USD", -5_000, "older", late - S))
+    assert not resent.accepted and "is older" in resent.reason
+    assert trader.counters()["rejected.stale_decision"] == 9
+    assert {p["instrument"]: p["units"] for p in trader.command("positions")} == {"EUR_USD": 5_000}
+
+
+def test_orders_nothing_could_fill_are_refused_and_open_ones_expire_at_restart(home):
+    from osm.core.config import FeedConfig
+
+    feeds = [FeedConfig(name="f", instruments=["EUR_USD", "USD_JPY"])]
+    harness = TraderHarness(home, LIMITS, feeds=feeds)
+    try:
+        harness.start()
+        harness.tick(T0, 1.1000, 1.1002)
+        wait_for(lambda: harness.command("status")["market_time_ns"] == T0, TIMEOUT, "the clock")
+        unquoted = harness.order(1_000, "gbp", instrument="GBP_USD")
+        assert not unquoted.accepted and "no configured feed quotes GBP_USD" in unquoted.reason
+        y2116 = 4_607_280_000 * S
+        future = harness.order(1_000, "2116", after_ns=y2116)
+        assert not future.accepted and "max_decision_ahead_s" in future.reason
+        waiting = harness.order(1_000, "jpy", after_ns=T0, instrument="USD_JPY")
+        assert waiting.accepted  # USD_JPY is quoted, just not yet
+        counters = harness.counters()
+        assert counters["rejected.unknown_instrument"] == 1
+        assert counters["rejected.future_decision"] == 1
+        statuses = {o["client_id"]: o["status"] for o in harness.command("orders")}
+        assert statuses == {"gbp": "refused", "2116": "refused", "jpy": "sent"}
+
+        # An order journaled open by an older trader that could never fill expires at restart.
+        harness.kill()
+        with sqlite3.connect(harness.journal_path) as db:
+            db.execute(
+                "INSERT INTO orders (client_id, brain, instrument, kind, units, after_ns, status,"
+                " created_ns, updated_ns) VALUES ('old2116', 'b1', 'EUR_USD', 'order', 5, ?,"
+                " 'sent', 0, 0)",
+                (y2116,),
+            )
+        harness.start()
+        orders = {o["client_id"]: (o["status"], o["reason"]) for o in harness.command("orders")}
+        assert orders["old2116"][0] == "refused" and "expired" in orders["old2116"][1]
+        assert orders["jpy"][0] == "sent"
+        assert harness.command("status")["open_orders"] == 1
+        assert harness.counters()["rejected.future_decision"] == 1
+        harness.tick(T0 + S, 110.0, 110.02, instrument="USD_JPY")
+        assert harness.event("fill.b1").client_id == "jpy"
+    finally:
+        harness.close()

@@ -6,11 +6,17 @@ quotes per instrument, so an order that reaches it after its quote (a slow brain
 as fast as possible) still fills at that quote; an order whose quote has not arrived yet waits for
 it. Buys pay the ask, sells get the bid, commission is a fraction of notional. ``after_ns <= 0``
 means now: the last quote held.
+
+A decision is for its bar: :attr:`PaperBroker.expiry` (set by the trader from its risk limits)
+gives each order the last market instant it may fill at. An order whose quote comes later (the
+trader was down while the market moved on, or the quote rolled out of the ring) does not fill: it
+expires, and :meth:`PaperBroker.take_expired` hands it back with the reason, once.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,6 +114,9 @@ class PaperBroker:
         self._books: dict[str, Book] = {}
         self._pending: list[wire.Order] = []  # in submission order, which is fill order
         self._fills: list[wire.Fill] = []
+        self._expired: list[tuple[wire.Order, str]] = []
+        # The last market instant an order may fill at (None: any time), set by the trader.
+        self.expiry: Callable[[wire.Order], int | None] = lambda order: None
         self._balance = config.balance
         self.late_fills = 0  # fills whose exact quote had rolled out of the ring
 
@@ -130,6 +139,11 @@ class PaperBroker:
     def take_fills(self) -> list[wire.Fill]:
         fills, self._fills = self._fills, []
         return fills
+
+    def take_expired(self) -> list[tuple[wire.Order, str]]:
+        """Orders that expired since the last call, with why, in the order they expired."""
+        expired, self._expired = self._expired, []
+        return expired
 
     def restore(
         self, books: dict[str, Book], balance: float, open_orders: list[wire.Order]
@@ -189,9 +203,20 @@ class PaperBroker:
             if i is None:
                 waiting.append(order)
                 continue
+            quote = ring.quote(i)
+            deadline = self.expiry(order)
+            if deadline is not None and quote[0] > deadline:
+                late_s = (quote[0] - order.after_ns) / 1e9
+                why = (
+                    f"stale decision: its first quote at or after after_ns={order.after_ns} "
+                    f"came {late_s:.0f} s of market time later, past its validity "
+                    f"({(deadline - order.after_ns) / 1e9:.0f} s; trader.risk.max_decision_age_s)"
+                )
+                self._expired.append((order, why))
+                continue
             if 0 < order.after_ns <= ring.dropped_until:
                 self.late_fills += 1
-            self._fill(order, *ring.quote(i))
+            self._fill(order, *quote)
         self._pending = waiting
 
     def _fill(self, order: wire.Order, time_ns: int, bid: float, ask: float) -> None:
