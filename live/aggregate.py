@@ -27,7 +27,7 @@ from osm.core.granularity import Alignment, bar_opens, step_ns
 from osm.core.resample import NO_BAR, Closed, Forming, fold, from_bars, tick_rows, to_bars
 
 __all__ = [
-    "ACCEPTED", "HELD", "NO_BAR", "REASONS", "Guard", "aggregate", "from_bars", "ingest",
+    "ACCEPTED", "HELD", "NO_BAR", "REASONS", "Guard", "aggregate", "from_bars",
     "ingest_screened", "opens_of", "screen", "to_bars", "validate",
 ]  # fmt: skip
 
@@ -166,7 +166,8 @@ def screen(
     before the batch). A tick later than `max_time` is AHEAD_OF_CLOCK. A tick more than `jump_ns`
     after the last accepted one, or whose mid moved more than :func:`_limit` from it, or the first
     tick of an instrument, starts a chain of HELD ticks. A following tick joins the chain if it is
-    no earlier than the chain's last tick, its mid within :func:`_limit` of that tick's and, for a
+    no earlier than the chain's last tick nor more than `jump_ns` after it, its mid within
+    :func:`_limit` of that tick's and, for a
     price jump, nearer the chain's first mid than the last accepted one; when `confirm` ticks have
     joined, the whole chain is ACCEPTED. Any other following tick contradicts the chain: its ticks
     are refused (TIME_JUMP, PRICE_SPIKE or UNCONFIRMED, as its first tick was) and the tick is
@@ -205,7 +206,10 @@ def screen(
                 continue
             if t >= time[c]:
                 c_mid, h_mid = (bid[c] + ask[c]) / 2, (bid[h] + ask[h]) / 2
-                near = abs(mid - c_mid) <= _limit(t - time[c], c_mid, band)
+                # A link of the chain is itself plausible: not far in time, nor in price.
+                near = t - time[c] <= jump_ns and abs(mid - c_mid) <= _limit(
+                    t - time[c], c_mid, band
+                )
                 if near and (why != PRICE_SPIKE or abs(mid - h_mid) < abs(mid - last_mid)):
                     chain[held], held, codes[i] = i, held + 1, HELD
                     if held == confirm + 1:
@@ -246,7 +250,7 @@ def _fold_accepted(
     closed: np.ndarray,
     counts: np.ndarray,
 ) -> tuple[int, int]:
-    """Fold the ACCEPTED ticks into the forming bars and pack the bars they close (see `ingest`)."""
+    """Fold the ACCEPTED ticks into the forming bars and pack the bars they close (see `ingest_screened`)."""
     keep = np.flatnonzero(codes == ACCEPTED)
     n_gran, m = len(steps), len(keep)
     counts[:] = 0
@@ -279,39 +283,6 @@ def _fold_accepted(
 
 
 @njit(cache=True)
-def ingest(
-    time: np.ndarray,
-    bid: np.ndarray,
-    ask: np.ndarray,
-    last_time: int,
-    last_bid: float,
-    last_ask: float,
-    steps: np.ndarray,
-    calendar_opens: np.ndarray,
-    f_time: np.ndarray,
-    f_px: np.ndarray,
-    f_n: np.ndarray,
-    closed: np.ndarray,
-    counts: np.ndarray,
-) -> tuple[np.ndarray, int, int]:
-    """Validate a batch, fold its accepted ticks into the forming bars, pack the bars they close.
-
-    One call per batch: the router's per-batch cost is dominated by Python-to-numba crossings and
-    small allocations, not by the loops. `time`, `bid` and `ask` may be strided (the fields of a
-    TICK_DTYPE array). `steps` int64 (G,) holds each granularity's bar length in ns, 0 for D, W and
-    M, whose opens come precomputed in `calendar_opens` (G, n), which is (G, 0) when none is built.
-    Closed bars go to `closed`, BAR_DTYPE (G, >= n): `counts[g]` rows for granularity g, in time
-    order. Return the :func:`validate` codes, how many ticks it accepted and the index of the last
-    accepted one (-1: none).
-    """
-    codes = validate(time, bid, ask, last_time, last_bid, last_ask)
-    m, last = _fold_accepted(
-        time, bid, ask, codes, steps, calendar_opens, f_time, f_px, f_n, closed, counts
-    )
-    return codes, m, last
-
-
-@njit(cache=True)
 def ingest_screened(
     time: np.ndarray,
     bid: np.ndarray,
@@ -332,11 +303,18 @@ def ingest_screened(
     closed: np.ndarray,
     counts: np.ndarray,
 ) -> tuple[np.ndarray, int, int]:
-    """:func:`ingest` with :func:`screen` in place of :func:`validate` (the router's kernel).
+    """Screen a batch, fold its accepted ticks into the forming bars, pack the bars they close.
 
-    The batch starts with the `n_held` ticks still held after the previous one; the other
-    arguments are :func:`ingest`'s and a :class:`Guard`'s fields. Return the :func:`screen` codes,
-    how many ticks it accepted and the index of the last accepted one (-1: none).
+    The router's kernel, one call per batch: the router's per-batch cost is dominated by
+    Python-to-numba crossings and small allocations, not by the loops. The batch starts with the
+    `n_held` ticks still held after the previous one; `last_*` is the last accepted tick and
+    `max_time` .. `confirm` a :class:`Guard`'s fields (see :func:`screen`). `time`, `bid` and
+    `ask` may be strided (the fields of a TICK_DTYPE array). `steps` int64 (G,) holds each
+    granularity's bar length in ns, 0 for D, W and M, whose opens come precomputed in
+    `calendar_opens` (G, n), which is (G, 0) when none is built. Closed bars go to `closed`,
+    BAR_DTYPE (G, >= n): `counts[g]` rows for granularity g, in time order. Return the
+    :func:`screen` codes, how many ticks it accepted and the index of the last accepted one
+    (-1: none).
     """
     codes = screen(
         time, bid, ask, n_held, last_time, last_bid, last_ask, max_time, jump_ns, band, confirm

@@ -16,10 +16,13 @@ from osm.core.config import FeedConfig, RouterConfig, SystemConfig
 from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS, as_ticks
 from osm.core.granularity import NS, OANDA_ALIGNMENT, bar_open, step_ns
 from osm.live.aggregate import (
+    ACCEPTED,
+    HELD,
     NO_BAR,
     REASONS,
+    Guard,
     aggregate,
-    ingest,
+    ingest_screened,
     opens_of,
     to_bars,
     validate,
@@ -123,54 +126,162 @@ def test_validate_equals_oracle(seed: int) -> None:
     assert set(codes.tolist()) == set(range(REASONS.index("duplicate") + 1))
 
 
-def run_ingest(ticks: np.ndarray, granularities: list[str], batch: int) -> tuple[dict, list]:
-    """Feed `ticks` to the router's one-call kernel in batches, as the router does."""
+def screen_oracle(ticks: np.ndarray, guard: Guard) -> list[int]:
+    """The final code of every tick by the screening rule in plain Python, the stream at once.
+
+    Invalid ticks are refused as by validate; a tick ahead of the clock is refused; a first tick,
+    or one far in time or price from the last accepted one, starts a chain that is accepted when
+    `confirm` following ticks side with it (each near the chain's last in time and price and,
+    after a price spike, nearer its first than the last accepted mid), and refused as its first
+    was otherwise.
+    """
+
+    def limit(elapsed: int, mid: float) -> float:
+        minutes = elapsed / (60 * NS)
+        return guard.band * mid * (minutes**0.5 if minutes > 1 else 1.0)
+
+    codes: list[int] = []
+    last: tuple[int, float, float] | None = None
+    chain: list[int] = []
+    why = ACCEPTED
+
+    def mid_of(i: int) -> float:
+        return (float(ticks["bid"][i]) + float(ticks["ask"][i])) / 2
+
+    def suspect(i: int) -> int:
+        if last is None:
+            return REASONS.index("unconfirmed")
+        t, last_mid = int(ticks["time"][i]), (last[1] + last[2]) / 2
+        if t - last[0] > guard.jump_ns:
+            return REASONS.index("time_jump")
+        if abs(mid_of(i) - last_mid) > limit(t - last[0], last_mid):
+            return REASONS.index("price_spike")
+        return ACCEPTED
+
+    for i, (t, b, a) in enumerate(ticks[["time", "bid", "ask"]].tolist()):
+        codes.append(HELD)
+        if not (np.isfinite(b) and np.isfinite(a)):
+            codes[i] = REASONS.index("non_finite")
+            continue
+        if b <= 0 or a <= 0:
+            codes[i] = REASONS.index("non_positive")
+            continue
+        if a < b:
+            codes[i] = REASONS.index("crossed")
+            continue
+        if t > guard.max_time:
+            codes[i] = REASONS.index("ahead_of_clock")
+            continue
+        last_time = -(2**63) if last is None else last[0]
+        if chain:
+            c, h = chain[-1], chain[0]
+            if (t, b, a) == tuple(ticks[["time", "bid", "ask"]][c].tolist()):
+                codes[i] = REASONS.index("duplicate")
+                continue
+            t_c = int(ticks["time"][c])
+            if t >= t_c:
+                last_mid = np.nan if last is None else (last[1] + last[2]) / 2
+                near = t - t_c <= guard.jump_ns and abs(mid_of(i) - mid_of(c)) <= limit(
+                    t - t_c, mid_of(c)
+                )
+                toward = abs(mid_of(i) - mid_of(h)) < abs(mid_of(i) - last_mid)
+                if near and (why != REASONS.index("price_spike") or toward):
+                    chain.append(i)
+                    if len(chain) == guard.confirm + 1:
+                        for k in chain:
+                            codes[k] = ACCEPTED
+                        chain, last = [], (t, b, a)
+                    continue
+            elif t < last_time:
+                codes[i] = REASONS.index("out_of_order")
+                continue
+            for k in chain:
+                codes[k] = why
+            chain = []
+        if t < last_time:
+            codes[i] = REASONS.index("out_of_order")
+        elif last is not None and (t, b, a) == last:
+            codes[i] = REASONS.index("duplicate")
+        elif why_i := suspect(i):
+            chain, why = [i], why_i
+        else:
+            codes[i], last = ACCEPTED, (t, b, a)
+    return codes
+
+
+def run_ingest(
+    ticks: np.ndarray, granularities: list[str], batch: int, guard: Guard
+) -> tuple[dict, list]:
+    """Feed `ticks` to the router's one-call kernel in batches, as the router does: the ticks
+    still held after a batch go first in the next one. Return the bars and each tick's final code."""
     n = len(granularities)
     steps = np.array([step_ns(g) or 0 for g in granularities], np.int64)
     f_time, f_px, f_n = np.full(n, NO_BAR, np.int64), np.zeros((n, 8)), np.zeros(n, np.int64)
-    closed, counts = np.empty((n, batch), BAR_DTYPE), np.zeros(n, np.int64)
+    closed, counts = np.empty((n, batch + guard.confirm + 1), BAR_DTYPE), np.zeros(n, np.int64)
     last = (NO_BAR, np.nan, np.nan)
     out: dict[str, list[np.ndarray]] = {g: [] for g in granularities}
-    codes: list[int] = []
+    codes = np.full(len(ticks), HELD)
+    held = np.zeros(0, np.int64)  # indices of the held ticks
     for start in range(0, len(ticks), batch):
-        chunk = ticks[start : start + batch]
+        index = np.concatenate([held, np.arange(start, min(start + batch, len(ticks)))])
+        chunk = ticks[index]
         calendar = opens_of(chunk["time"], granularities, OANDA_ALIGNMENT)
-        chunk_codes, accepted, at = ingest(
-            chunk["time"], chunk["bid"], chunk["ask"], *last, steps, calendar,
+        chunk_codes, accepted, at = ingest_screened(
+            chunk["time"], chunk["bid"], chunk["ask"], len(held), *last, *guard, steps, calendar,
             f_time, f_px, f_n, closed, counts,
         )  # fmt: skip
-        codes += chunk_codes.tolist()
+        codes[index] = chunk_codes
+        held = index[chunk_codes == HELD]
         if accepted:
             last = (int(chunk["time"][at]), float(chunk["bid"][at]), float(chunk["ask"][at]))
         for g, name in enumerate(granularities):
             out[name].append(closed[g, : counts[g]].copy())
     for g, name in enumerate(granularities):
         out[name].append(to_bars(f_time[g : g + 1], f_px[g : g + 1], f_n[g : g + 1], True))
-    return {name: np.concatenate(parts) for name, parts in out.items()}, codes
+    return {name: np.concatenate(parts) for name, parts in out.items()}, codes.tolist()
 
 
-@pytest.mark.parametrize("batch", [1, 13, 4096])
-def test_ingest_rejects_like_the_oracle_and_builds_the_oracle_bars(batch: int) -> None:
-    rng = np.random.default_rng(batch)
-    n = 4000
+def hostile_ticks(seed: int, n: int = 4000) -> np.ndarray:
+    """Quotes with every tenth one broken, some far in the past, some spikes and time jumps."""
+    rng = np.random.default_rng(seed)
     times = pd.Timestamp("2014-03-08T20:00Z").value + np.cumsum(
         rng.choice([0, NS // 10, 3 * NS, 70 * NS, 4000 * NS], n, p=[0.1, 0.4, 0.3, 0.15, 0.05])
     )
     bid = np.round(1.3 + np.cumsum(rng.normal(0, 1e-4, n)), 5)
     ask = bid + np.round(rng.uniform(1e-5, 5e-4, n), 5)
-    bad = rng.random(n) < 0.1  # every tenth tick broken one way or another
-    kind = rng.integers(0, 4, n)
+    bad = rng.random(n) < 0.1
+    kind = rng.integers(0, 6, n)
     bid[bad & (kind == 0)] = np.nan
     ask[bad & (kind == 1)] = bid[bad & (kind == 1)] - 1e-4  # crossed
     times[bad & (kind == 2)] -= 10**13  # far in the past
     bid[bad & (kind == 3)] = -1.0
-    ticks = as_ticks(times, bid, ask)
-    granularities = ["S5", "M1", "H4", "D", "M"]
-    result, codes = run_ingest(ticks, granularities, batch)
-    assert codes == validate_oracle(ticks)
-    valid = ticks[np.array(codes) == 0]
-    for name in granularities:
-        np.testing.assert_array_equal(result[name], oracle_bars(valid, name), err_msg=name)
+    spike = bad & (kind == 4)  # a lone bad print, 5% off
+    bid[spike], ask[spike] = bid[spike] * 1.05, ask[spike] * 1.05
+    times[bad & (kind == 5)] += 30 * 86_400 * NS  # a month ahead
+    return as_ticks(times, bid, ask)
+
+
+GUARDS = {
+    "open": Guard(2**62, 2**62, np.inf, 1),  # screening off but for the first tick's confirmation
+    "router": Guard(2**62, 3600 * NS, 0.01, 2),  # the router's defaults for a replay
+    "strict": Guard(2**62, 60 * NS, 0.0005, 3),
+}
+
+
+@pytest.mark.parametrize("guard", sorted(GUARDS))
+@pytest.mark.parametrize("batch", [1, 13, 4096])
+def test_ingest_screened_codes_and_bars_equal_the_oracles(batch: int, guard: str) -> None:
+    ticks = hostile_ticks(batch)
+    result, codes = run_ingest(ticks, ["S5", "M1", "H4", "D", "M"], batch, GUARDS[guard])
+    expected = screen_oracle(ticks, GUARDS[guard])
+    assert codes == expected
+    reached = {REASONS[c] for c in expected}
+    assert {"accepted", "non_finite", "non_positive", "crossed", "out_of_order"} <= reached
+    if guard != "open":  # the guard both holds and refuses
+        assert {"time_jump", "price_spike"} <= reached, reached
+    accepted = ticks[np.array(codes) == ACCEPTED]
+    for name in result:
+        np.testing.assert_array_equal(result[name], oracle_bars(accepted, name), err_msg=name)
 
 
 # ---------------------------------------------------------------- real processes
