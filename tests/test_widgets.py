@@ -138,17 +138,33 @@ def test_forming_bar_updates_in_place_with_small_messages(recorded):
     for k in range(5):
         forming["bid_close"] += 1e-5 * k
         view.apply(batch(forming=forming.copy()))
-        np.testing.assert_array_equal(view.forming.x, [500.0])
-        np.testing.assert_allclose(view.forming.y, mid_ohlc(forming))
+        # Two rows: the last closed bar, invisible, then the forming bar.
+        np.testing.assert_array_equal(view.forming.x, [499.0, 500.0])
+        np.testing.assert_allclose(view.forming.y[1], mid_ohlc(forming)[0])
+        np.testing.assert_array_equal(view.forming.y[0], view.candles.y[-1])
+    # bqplot sizes a candle by the smallest x step within its own mark (a lone candle gets half
+    # the axis): the forming mark's step must be the closed candles' step, its first row hidden.
+    assert np.diff(view.forming.x).min() == np.diff(view.candles.x).min() == 1.0
+    assert view.forming.opacities[0] == 0 and view.forming.opacities[1] > 0
     sent = recorded[before:]
     assert {cid for _, cid, _, _ in sent} == {view.forming.comm.comm_id}
     assert len(sent) == 5 and max(size(d, b) for _, _, d, b in sent) < 1024
+    # x moves only when a bar closes: later ticks send y alone.
+    assert [set(d["state"]) for _, d, _ in messages_to(recorded, view.forming)[-4:]] == [{"y"}] * 4
     # The bar closes: it joins the candles and the forming mark empties until the next one.
     closed = forming.copy()
     closed["complete"] = True
     view.apply(batch(closed))
     assert view.candles.x[-1] == 500.0 and len(view.candles.x) == 500
     assert len(view.forming.x) == 0
+    # The next bar forms one step further on, beside the bar that just closed.
+    following = bars(501, 1)
+    following["complete"] = False
+    view.apply(batch(forming=following))
+    np.testing.assert_array_equal(view.forming.x, [500.0, 501.0])
+    np.testing.assert_array_equal(view.forming.y[0], view.candles.y[-1])
+    following["complete"] = True
+    view.apply(batch(following))
     # A forming update late for a bar already closed is not drawn.
     view.apply(batch(forming=forming))
     assert len(view.forming.x) == 0

@@ -6,8 +6,10 @@ Layout of the figure (bqplot):
 - x is the bar's index (0 the first bar the chart saw), not its time, so a weekend does not
   squeeze the candles; the x axis labels a few indices with their UTC open time.
 - ``candles``: an OHLC mark of the closed bars in view (mid prices, float64 ``(n, 4)``).
-- ``forming``: a second OHLC mark holding only the forming bar, so a tick sends one short message
-  (one row) and the closed candles are resent once per closed bar, not on every tick.
+- ``forming``: a second OHLC mark holding the last closed bar (invisible) and the forming bar, so
+  a tick sends one short message (two rows) and the closed candles are resent once per closed
+  bar, not on every tick. The invisible row is there for the width: bqplot sizes a candle from
+  the smallest x step of its own mark, and a one-row mark would get half the axis.
 - ``lines``: one Lines mark, a row per indicator of the strategy (see :data:`OVERLAYS`).
 - ``buys`` / ``sells``: Scatter marks of the fills, at their bar and price.
 
@@ -148,7 +150,7 @@ class LiveChart:
         )  # fmt: skip
         self.forming = bq.OHLC(
             x=empty_x, y=empty_y, scales=scales, marker="candle", format="ohlc",
-            colors=["#98df8a", "#ff9896"], stroke="#999", opacities=[0.8],
+            colors=["#98df8a", "#ff9896"], stroke="#999", opacities=[0.0, 0.8],
         )  # fmt: skip
         self.lines = bq.Lines(
             x=empty_x, y=np.empty((0, 0)), scales=scales, stroke_width=1.5, display_legend=True
@@ -238,9 +240,14 @@ class LiveChart:
             return
         if not len(forming):
             return
+        # Row 0 is the last closed bar, drawn with opacity 0: it gives the forming candle the
+        # closed candles' width and lies inside their y range, so it moves no axis.
+        x = np.array([self.seen - 1.0, float(self.seen)])
+        y = _ohlc(np.concatenate([self.series.view[-1:], forming[:1]]))
         with self.forming.hold_sync():
-            self.forming.x = np.array([float(self.seen)])
-            self.forming.y = _ohlc(forming)
+            if not np.array_equal(self.forming.x, x):
+                self.forming.x = x
+            self.forming.y = y
 
     def _draw_fills(self) -> None:
         times = self.series.view["time"]
