@@ -12,6 +12,12 @@ Layout::
     keys/             CURVE keys and broker credentials, mode 0600
     jobs/             papermill outputs of live jobs
     old/STAMP/        a run's store/, state/ and db/ set aside by ``osm up --fresh``
+
+The run directory is private to its owner: folders 0700, files 0600 (the trading journal, logs,
+keys, state and endpoints all say something about the account). :meth:`RunDir.secure` makes it
+so: ``osm up`` calls it, which tightens a folder created with wider modes (and says what it
+changed), and the supervisor daemon then runs with umask 077, which every process it starts
+inherits, so whatever they create (SQLite files, logs, Parquet partitions) is private too.
 """
 
 from __future__ import annotations
@@ -19,15 +25,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+PRIVATE_UMASK = 0o077
 
 
 def default_home() -> Path:
     return Path(os.environ.get("OSM_HOME", "~/.osm")).expanduser()
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     """Write `data` to `path` so a reader sees either the old or the new file, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -46,10 +57,33 @@ class RunDir:
     def __init__(self, home: str | Path | None = None) -> None:
         self.home = Path(home).expanduser().resolve() if home else default_home().resolve()
 
-    def _dir(self, *parts: str, mode: int = 0o755) -> Path:
+    def _dir(self, *parts: str, mode: int = PRIVATE_DIR) -> Path:
         path = self.home.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        if not path.is_dir():
+            self.home.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+            path.mkdir(parents=True, exist_ok=True, mode=mode)
         return path
+
+    def secure(self) -> list[str]:
+        """Make the run directory private: create it 0700, take group and other bits off every
+        folder and file in it; return the paths that had them, relative to the home.
+
+        Symbolic links are left alone (their mode means nothing; what they point at is not ours).
+        """
+        self.home.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        tightened = []
+        for top, dirs, files in os.walk(self.home):
+            for name in [".", *dirs, *files]:
+                path = os.path.join(top, name)
+                try:
+                    info = os.lstat(path)
+                except FileNotFoundError:  # a process of the old run removed it meanwhile
+                    continue
+                if stat.S_ISLNK(info.st_mode) or not info.st_mode & 0o077:
+                    continue
+                os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o077)
+                tightened.append(os.path.relpath(path, self.home))
+        return tightened
 
     @property
     def logs(self) -> Path:
@@ -65,8 +99,8 @@ class RunDir:
 
     @property
     def keys(self) -> Path:
-        path = self._dir("keys", mode=0o700)
-        path.chmod(0o700)
+        path = self._dir("keys")
+        path.chmod(PRIVATE_DIR)
         return path
 
     @property
@@ -75,7 +109,7 @@ class RunDir:
 
     @property
     def sockets(self) -> Path:
-        return self._dir("sockets", mode=0o700)
+        return self._dir("sockets")
 
     @property
     def config_path(self) -> Path:
@@ -126,5 +160,5 @@ class RunDir:
     def write_secret(self, name: str, data: bytes) -> Path:
         """Write a secret file readable by its owner only (0600)."""
         path = self.keys / name
-        write_atomic(path, data, mode=0o600)
+        write_atomic(path, data, mode=PRIVATE_FILE)
         return path

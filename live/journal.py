@@ -22,6 +22,7 @@ Schema::
 from __future__ import annotations
 
 import collections
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,7 @@ class Journal:
     def __init__(self, path: Path, initial_balance: float, sync: str = "normal") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private, whatever the umask
         # Autocommit: each statement is its own transaction unless wrapped in `with self._tx()`.
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.row_factory = sqlite3.Row

@@ -48,7 +48,7 @@ import zmq
 from osm.core import config as cfg
 from osm.core import wire
 from osm.core.errors import EXIT_CONFIG, OsmError
-from osm.core.rundir import RunDir, write_atomic
+from osm.core.rundir import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, RunDir, write_atomic
 from osm.live import preflight
 from osm.live.bus import plan_endpoints
 from osm.live.client import Client, alive, running_pid
@@ -379,13 +379,20 @@ def clean_stale(rundir: RunDir) -> None:
 @contextlib.contextmanager
 def _locked(rundir: RunDir) -> Iterator[None]:
     """Serialise `osm up` / `osm down` on one run directory (two terminals, two notebooks)."""
-    rundir.home.mkdir(parents=True, exist_ok=True)
-    with open(rundir.home / ".lock", "w") as lock:
+    rundir.home.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    fd = os.open(rundir.home / ".lock", os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
 def _prepare(rundir: RunDir, config: cfg.SystemConfig) -> None:
+    tightened = rundir.secure()
+    if tightened:
+        logging.getLogger("osm.supervisor").warning(
+            "%s was readable by others: took group and other permissions off %d paths (%s)",
+            rundir.home, len(tightened), ", ".join(tightened[:5]),
+        )  # fmt: skip
     clean_stale(rundir)
     endpoints = plan_endpoints(rundir, config)  # raises if CURVE keys are needed and missing
     write_atomic(rundir.config_path, cfg.dump(config))
@@ -494,6 +501,7 @@ def run_foreground(rundir: RunDir, config: cfg.SystemConfig, fresh: bool = False
 
 
 def _serve(rundir: RunDir, foreground: bool) -> int:
+    os.umask(PRIVATE_UMASK)  # the daemon's children inherit it: whatever they create is private
     configure_logging(rundir, "supervisor")
     if foreground:
         logging.getLogger().addHandler(logging.StreamHandler())
@@ -529,7 +537,9 @@ def _detach(rundir: RunDir) -> None:
     deadline = time.monotonic() + 10.0
     while os.getppid() == launcher and time.monotonic() < deadline:
         time.sleep(0.001)
-    log = os.open(rundir.log_path("supervisor"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.umask(PRIVATE_UMASK)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    log = os.open(rundir.log_path("supervisor"), flags, PRIVATE_FILE)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 
 import pytest
 
@@ -100,3 +101,29 @@ def test_a_process_that_cannot_run_as_configured_is_not_restarted(home, system, 
     assert "feeder replay cannot run as configured; not restarted" in log
     assert process(home, "router")["state"] == "running"
     assert process(home, "replay")["restarts"] == 1  # still: the supervisor moved on
+
+
+def test_the_run_directory_is_private_to_its_owner_even_if_it_was_not(home, system):
+    """``osm up`` in a home left world-readable tightens it (and says so), and everything the
+    running system writes (journal, logs, bars, state, endpoints) is its owner's only."""
+    (home / "logs").mkdir(parents=True)
+    home.chmod(0o755)
+    (home / "logs").chmod(0o755)
+    old = home / "logs" / "old.log"
+    old.write_text("from an earlier run\n")
+    old.chmod(0o644)
+    done = system(*FAST_MARKET)
+    assert "took group and other permissions off 3 paths" in done.stderr
+    wait_for(lambda: newest_bar(home), 60, "a closed bar")
+    wait_for(lambda: (home / "db" / "trader.sqlite-wal").exists(), 60, "the trader's journal")
+    wait_for(lambda: (home / "state").is_dir(), 60, "a feeder's acked position")
+    seen = []
+    for top, dirs, files in os.walk(home):
+        for name in [".", *dirs, *files]:
+            path = os.path.join(top, name)
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            seen.append(os.path.relpath(path, home))
+            assert not mode & 0o077, f"{path} is {oct(mode)}"
+    expected = {"db/trader.sqlite", "logs/trader.log", "logs/old.log", "endpoints.json"}
+    assert expected <= set(seen), seen
+    assert any(p.startswith("store/") for p in seen) and len(seen) > 15
