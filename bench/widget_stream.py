@@ -1,0 +1,231 @@
+"""A live chart streaming at the system's full speed, seen from the kernel's wire: comm messages a
+second, bytes per forming-bar update, how fast the kernel still answers, and its memory.
+
+The system: ``osm up`` in a temporary run directory, the synthetic market flat out (``--speed 0``)
+building S5 bars (``--speed`` to slow it). The kernel: a real ipykernel started with jupyter_client, which opens
+``osm.chart("EUR_USD", "S5", strategy=SmaCross, window=500)`` on that system (no front end is
+attached: the kernel sends every widget message on iopub all the same, which is what the Jupyter
+server would forward to the browser).
+
+This process owns the client's sockets and polls iopub and shell in one loop:
+
+- every ``comm_msg`` on iopub is counted and sized (the message's ``data`` as JSON plus its binary
+  buffers, what a widget sends); those to the chart's forming mark are the forming-bar updates;
+- every ``--every`` seconds a trivial ``execute_request`` (``pass``) goes on shell and the time to
+  its ``execute_reply`` is one response-time sample;
+- the kernel's RSS (``/proc/<pid>/status``) is read once a second; "before" is after the chart's
+  window first filled (``--warmup`` seconds), "after" at the end.
+
+Browser figures (publish-to-paint at 10 bars/s, 2,000 candles drawn) are not measured here.
+
+Prints progress to stderr and one JSON line to stdout. Goals (issue 7): at most 60 messages/s per
+chart, a forming-bar update under 1 KB, kernel p99 under 50 ms while streaming, memory flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from jupyter_client.manager import KernelManager
+
+from osm.core.rundir import RunDir
+from osm.live.client import running_pid
+
+GOALS = {"messages_per_s": 60, "forming_bytes": 1024, "kernel_p99_ms": 50}
+WINDOW = 500
+OPEN_CHART = """
+from osm.widgets.chart import chart
+c = chart("EUR_USD", "S5", strategy="osm.strategies.sma_cross:SmaCross",
+          params={{"fast": 10, "slow": 30}}, window={window}, home={home!r})
+"""
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def osm(home: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("osm")), *args, "--home", str(home)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def stop_system(home: Path) -> None:
+    osm(home, "down")
+    pid = running_pid(RunDir(home))
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def comm_bytes(msg: dict) -> int:
+    buffers = msg.get("buffers") or []
+    data = json.dumps(msg["content"].get("data", {}))
+    return len(data) + sum(memoryview(b).nbytes for b in buffers)
+
+
+class Bench:
+    """The kernel client's loop: one thread, shell and iopub polled together."""
+
+    def __init__(self, km: KernelManager) -> None:
+        self.kc = km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=120)
+        self.poller = zmq.Poller()
+        self.shell, self.iopub = self.kc.shell_channel.socket, self.kc.iopub_channel.socket
+        self.poller.register(self.shell, zmq.POLLIN)
+        self.poller.register(self.iopub, zmq.POLLIN)
+        self.comms: list[tuple[float, str, int]] = []  # (time, comm id, bytes)
+        self.counting = False
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+
+    def _drain_iopub(self) -> None:
+        while self.iopub.poll(0):
+            msg = self.kc.get_iopub_msg(timeout=0)
+            kind = msg["header"]["msg_type"]
+            if kind == "comm_msg" and self.counting:
+                self.comms.append((time.monotonic(), msg["content"]["comm_id"], comm_bytes(msg)))
+            elif kind == "error":
+                log("kernel error: " + "\n".join(msg["content"]["traceback"]))
+
+    def execute(self, code: str, timeout: float = 60, **expressions: str) -> tuple[float, dict]:
+        """Run `code`, return (seconds to the reply, the user expressions' text values)."""
+        sent = time.perf_counter()
+        msg_id = self.kc.execute(code, silent=False, user_expressions=expressions)
+        deadline = sent + timeout
+        while time.perf_counter() < deadline:
+            ready = dict(self.poller.poll(100))
+            if self.iopub in ready:
+                self._drain_iopub()
+            while self.shell in ready and self.shell.poll(0):
+                reply = self.kc.get_shell_msg(timeout=0)
+                if reply["parent_header"].get("msg_id") != msg_id:
+                    continue
+                took = time.perf_counter() - sent
+                content = reply["content"]
+                if content["status"] != "ok":
+                    raise RuntimeError(f"{code!r} failed: {content.get('evalue')}")
+                values = {
+                    k: v.get("data", {}).get("text/plain", v.get("evalue"))
+                    for k, v in content.get("user_expressions", {}).items()
+                }
+                return took, values
+        raise TimeoutError(f"no reply to {code!r} in {timeout} s")
+
+    def pump(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self.poller.poll(int(left * 1000) + 1):
+                self._drain_iopub()
+
+
+def run(seconds: float, every: float, warmup: float, speed: str, folder: Path) -> dict[str, Any]:
+    home = folder / "home"
+    log(f"osm up in {home} (synthetic, speed {speed}, S5)")
+    up = osm(home, "up", "--speed", speed, "--start", "2024-03-05T00:00:00Z",
+             "--granularities", "S5")  # fmt: skip
+    if up.returncode:
+        raise RuntimeError(up.stderr + up.stdout)
+    env = {**os.environ, "OSM_HOME": str(home)}
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(folder))
+    bench = None
+    try:
+        bench = Bench(km)
+        pid = km.provisioner.process.pid
+        took, _ = bench.execute(OPEN_CHART.format(window=WINDOW, home=str(home)), timeout=180)
+        log(f"chart open in {took:.2f} s; warming up {warmup:.0f} s")
+        bench.pump(warmup)
+        _, ids = bench.execute("pass", forming="c.forming.comm.comm_id", seen="c.seen")
+        forming_id = ids["forming"].strip("'\"")
+        seen0, rss0 = int(ids["seen"]), rss_mb(pid)
+        log(f"{seen0} bars on the chart, kernel RSS {rss0:.1f} MB; streaming {seconds:.0f} s")
+        bench.counting = True
+        start = time.monotonic()
+        latencies, rss = [], [(0.0, rss0)]
+        next_rss = start + 1.0
+        while (now := time.monotonic()) < start + seconds:
+            latencies.append(bench.execute("pass")[0])
+            if now >= next_rss:
+                rss.append((now - start, rss_mb(pid)))
+                next_rss += 1.0
+                if len(rss) % 5 == 0:
+                    log(f"  {now - start:4.0f} s: {len(bench.comms)} comm messages, "
+                        f"RSS {rss[-1][1]:.1f} MB")  # fmt: skip
+            bench.pump(max(0.0, every - (time.monotonic() - now)))
+        elapsed = time.monotonic() - start
+        bench.counting = False
+        _, ids = bench.execute("pass", seen="c.seen")
+        seen1, rss1 = int(ids["seen"]), rss_mb(pid)
+        bench.execute("c.close()")
+    finally:
+        if bench is not None:
+            bench.close()
+        km.shutdown_kernel(now=False)
+        stop_system(home)
+
+    lat_ms = np.array(latencies) * 1e3
+    forming = [b for _, cid, b in bench.comms if cid == forming_id]
+    per_s = np.bincount([int(t - bench.comms[0][0]) for t, _, _ in bench.comms])
+    rss_t, rss_v = np.array(rss).T
+    slope = float(np.polyfit(rss_t, rss_v, 1)[0]) if len(rss) > 2 else 0.0
+    return {
+        "bench": "widget_stream",
+        "speed": speed,
+        "window": WINDOW,
+        "seconds": round(elapsed, 1),
+        "bars_per_s": round((seen1 - seen0) / elapsed, 1),
+        "comm_messages_per_s": round(len(bench.comms) / elapsed, 1),
+        "comm_messages_max_in_1s": int(per_s.max()) if len(per_s) else 0,
+        "comm_bytes_per_s": round(sum(b for _, _, b in bench.comms) / elapsed),
+        "forming_updates": len(forming),
+        "forming_bytes_p50": int(np.median(forming)) if forming else None,
+        "forming_bytes_max": max(forming) if forming else None,
+        "kernel_execute_samples": len(lat_ms),
+        "kernel_p50_ms": round(float(np.percentile(lat_ms, 50)), 2),
+        "kernel_p99_ms": round(float(np.percentile(lat_ms, 99)), 2),
+        "kernel_max_ms": round(float(lat_ms.max()), 2),
+        "kernel_rss_before_mb": round(rss0, 1),
+        "kernel_rss_after_mb": round(rss1, 1),
+        "kernel_rss_slope_mb_per_min": round(slope * 60, 2),
+        "browser": "not measured",
+        "goals": GOALS,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="streaming time measured")
+    parser.add_argument("--every", type=float, default=0.1, help="seconds between executes")
+    parser.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
+    parser.add_argument("--speed", default="0", help="the market's speed: 0 flat out (default)")
+    args = parser.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="osm-widget-bench-"))
+    try:
+        result = run(args.seconds, args.every, args.warmup, args.speed, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
