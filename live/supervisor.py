@@ -52,6 +52,7 @@ from osm.core.rundir import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, RunDir, wr
 from osm.live import preflight
 from osm.live.bus import plan_endpoints
 from osm.live.client import Client, alive, running_pid
+from osm.live.jobs import JobRunner
 from osm.live.process import configure_logging
 from osm.live.service import PROCESS_TOKEN_ENV, Service
 
@@ -126,6 +127,17 @@ class Supervisor(Service):
                 child.reason = f"for {', '.join(child.waits_for)} to warm up"
             else:
                 self._launch(child)
+        self.jobs = self._job_runner()
+
+    def _job_runner(self) -> JobRunner:
+        """The jobs of ``db/jobs.sqlite`` (papermill notebooks): see :mod:`osm.live.jobs`."""
+        return JobRunner(
+            self.rundir,
+            self.config.max_restarts,
+            self.config.restart_backoff_s,
+            self.stall_s,
+            env=self._child_env,
+        )
 
     def idle(self) -> None:
         now = time.monotonic()
@@ -133,8 +145,10 @@ class Supervisor(Service):
             self._next_check = now + CHECK_S
             for child in self.children:
                 self._watch(child, now)
+            self.jobs.watch()
 
     def teardown(self) -> None:
+        self.jobs.stop_all()  # a job's brain is a producer too, and its summary needs the trader
         # Producers first, so the trader and router see the last orders and ticks they were sent.
         producers = [c for c in self.children if c.role in ("brain", "feeder")]
         self._terminate(producers)
@@ -252,6 +266,8 @@ class Supervisor(Service):
             return
         if beat.process == self.name:
             return  # our own beat, looped back through the socket every service has
+        if self.jobs.heartbeat(beat):
+            return
         child = self._by_name.get(beat.process)
         if child is None:
             self.reject("unknown_process", f"heartbeat from {beat.process!r} (pid {beat.pid})")
@@ -290,11 +306,18 @@ class Supervisor(Service):
         return wire.Reply(False, error=f"unknown command {command.name!r}; known: status, stop")
 
     def status(self) -> dict[str, Any]:
-        """Describe the system: the supervisor and, per process, its health and counters."""
+        """Describe the system: the supervisor and, per process, its health and counters.
+
+        A process's ``counters`` and ``messages`` are those of its current incarnation (a
+        feeder's ``acked`` is its position now, not a sum of positions); ``counters_total`` sums
+        every incarnation, and ``rejected`` counts refused inputs over all of them, so a crash
+        does not hide what was refused before it.
+        """
         now = time.monotonic()
         processes = []
         for child in self.children:
             totals = child.totals()
+            current = collections.Counter(child.counters)
             processes.append(
                 {
                     "name": child.name,
@@ -308,9 +331,10 @@ class Supervisor(Service):
                     "heartbeat_age_s": (
                         None if child.last_beat is None else round(now - child.last_beat, 3)
                     ),
-                    "messages": totals["messages_in"],
+                    "messages": current["messages_in"],
                     "rejected": sum(v for k, v in totals.items() if k.startswith("rejected.")),
-                    "counters": dict(totals),
+                    "counters": dict(current),
+                    "counters_total": dict(totals),
                 }
             )
         return {
@@ -323,6 +347,7 @@ class Supervisor(Service):
             "counters": dict(self.counters),
             "rejected": sum(v for k, v in self.counters.items() if k.startswith("rejected.")),
             "processes": processes,
+            "jobs": self.jobs.status(),
         }
 
 

@@ -50,6 +50,24 @@ def test_kill_9_of_router_then_trader_restarts_each_and_bars_flow_again(home, sy
     others = {p["name"]: p["restarts"] for p in status(home)["processes"]}
     assert others == {"router": 1, "trader": 1, "synthetic": 0}
 
+    # Counters are the current incarnation's: a feeder's acked position is not summed over its
+    # restarts (it would run ahead of the ticks sent); the totals are labelled as such.
+    feeder = wait_for(lambda: process(home, "synthetic")["counters"].get("acked"), 60, "acks")
+    pid = process(home, "synthetic")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: restarted(home, "synthetic", pid, 1), 60, "the feeder restarted")
+
+    def acked_again():
+        p = process(home, "synthetic")
+        if p["restarts"] != 1 or p["counters"].get("acked", 0) <= feeder:
+            return None
+        return p
+
+    p = wait_for(acked_again, 60, "the restarted feeder acking")
+    acked, total = p["counters"]["acked"], p["counters_total"]["acked"]
+    assert feeder < acked < total  # the sum counts the old incarnation's position again
+    assert p["messages"] == p["counters"].get("messages_in", 0)
+
 
 def test_a_hung_process_is_killed_and_restarted(home, system):
     # heartbeat_s 0.5: a process silent for 10 intervals (at least 5 s) counts as hung
