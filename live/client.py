@@ -200,6 +200,8 @@ class Client:
             except zmq.Again:
                 answered = 0
             if not answered:
+                if name == "supervisor_control":
+                    self._supervisor_silent()
                 raise SystemNotRunning(
                     f"{_WHO[name]} of the osm system in {self.rundir.home} did not answer within "
                     f"{self.timeout_s:g} s; check `osm status`, or start the system with `osm up`"
@@ -210,6 +212,24 @@ class Client:
         if isinstance(reply, wire.Reply) and not reply.ok:
             raise CommandFailed(f"{_WHO[name]} refused: {reply.error}")
         return reply
+
+    def _supervisor_silent(self) -> None:
+        """Say why a running supervisor does not answer, if its process state tells."""
+        pid = running_pid(self.rundir)
+        if pid is None:
+            return
+        try:
+            stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
+        except psutil.Error:
+            return
+        if stopped:
+            why = f"it is stopped (SIGSTOP?); `kill -CONT {pid}` resumes it"
+        else:
+            why = "it runs but is busy or hung; see logs/supervisor.log"
+        raise SystemNotRunning(
+            f"supervisor pid {pid} of the osm system in {self.rundir.home} is not answering "
+            f"within {self.timeout_s:g} s: {why}"
+        )
 
     def _command(self, kind: int, name: str, command: str, args: dict[str, Any]) -> Any:
         reply = self._ask(kind, name, wire.Command(command, args))

@@ -113,10 +113,12 @@ class Service:
         self._handlers: dict[zmq.Socket, Handler] = {}
         self._poller = zmq.Poller()
         self._running = False
+        self.crash: Exception | None = None  # what ended the last run with CRASHED
         self.repeats = RepeatFilter()
         self._telemetry = self.bus.connect(zmq.PUSH, "telemetry")
         self._telemetry.setsockopt(zmq.SNDHWM, 10)
         self._next_heartbeat = 0.0
+        self._parent_stopped = False
 
     def setup(self) -> None:
         """Create sockets and register handlers."""
@@ -189,6 +191,29 @@ class Service:
         with contextlib.suppress(zmq.Again):
             self._telemetry.send_multipart(wire.frames(f"heartbeat.{self.name}", beat), zmq.NOBLOCK)
 
+    def _check_parent_stopped(self, parent: int) -> None:
+        """Log (once per stop) a supervisor that is stopped (SIGSTOP): it restarts nobody then.
+
+        The process keeps running: trading on is safer than stopping every process because the
+        watcher is paused, and a stopped parent is still there to be resumed (``kill -CONT``).
+        """
+        try:
+            with open(f"/proc/{parent}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # no /proc (macOS) or the parent just went: the getppid check sees that
+        stopped = state in (b"T", b"t")
+        if stopped and not self._parent_stopped:
+            self.counters["supervisor_stopped"] += 1
+            self.log.error(
+                "supervisor pid %d is stopped (SIGSTOP?): nothing restarts a crashed process "
+                "until it continues (kill -CONT %d); carrying on",
+                parent, parent,
+            )  # fmt: skip
+        elif self._parent_stopped and not stopped:
+            self.log.warning("supervisor pid %d continues", parent)
+        self._parent_stopped = stopped
+
     def stop(self, *_: object) -> None:
         self._running = False
 
@@ -201,6 +226,23 @@ class Service:
             return self._serve()
         finally:
             self.log.removeFilter(self.repeats)
+
+    def run_embedded(self) -> None:
+        """Serve in this thread of a host process (a notebook kernel) until stopped.
+
+        Unlike :meth:`run`, SIGINT is left to the host (a kernel's interrupt); SIGTERM stops the
+        loop while it runs and gets its previous handler back after. An exception that crashes the
+        loop is raised here, so the host fails with it (papermill then saves the output notebook
+        with the error).
+        """
+        previous = signal.signal(signal.SIGTERM, self.stop)
+        self.log.addFilter(self.repeats)
+        try:
+            if self._serve() == CRASHED and self.crash is not None:
+                raise self.crash
+        finally:
+            self.log.removeFilter(self.repeats)
+            signal.signal(signal.SIGTERM, previous)
 
     def _serve(self) -> int:
         parent = os.getppid()
@@ -232,7 +274,9 @@ class Service:
                         # The supervisor died (even by kill -9): no orphan keeps trading unwatched.
                         self.log.error("parent process %d is gone; stopping", parent)
                         self._running = False
+                    self._check_parent_stopped(parent)
         except Exception as exc:
+            self.crash = exc
             # Leave as a kill -9 would: teardown might persist what the failed step half-applied.
             first = next(iter(str(exc).splitlines()), "")
             line = f"{self.role} {self.name} crashed {where}: {type(exc).__name__}: {first}"

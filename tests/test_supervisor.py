@@ -12,7 +12,7 @@ from osm.core.errors import EXIT_CONFIG
 from osm.live.client import Client, alive
 from tests.generated_data import synthetic_ticks
 from tests.live_helpers import wait_for
-from tests.system_helpers import process, running_system, status, write_config
+from tests.system_helpers import osm, process, running_system, status, write_config
 
 FAST_MARKET = ["--speed", "60", "--start", "2024-03-05T08:00:00Z", "--granularities", "S5"]
 
@@ -145,3 +145,23 @@ def test_the_run_directory_is_private_to_its_owner_even_if_it_was_not(home, syst
     expected = {"db/trader.sqlite", "logs/trader.log", "logs/old.log", "endpoints.json"}
     assert expected <= set(seen), seen
     assert any(p.startswith("store/") for p in seen) and len(seen) > 15
+
+
+def test_a_stopped_supervisor_is_reported_and_its_children_trade_on(home, system):
+    system(*FAST_MARKET)
+    pid = status(home)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        done = osm(home, "status", "--timeout", "2")
+        assert done.returncode != 0
+        assert f"supervisor pid {pid}" in done.stderr and "stopped (SIGSTOP?)" in done.stderr
+        log = home / "logs" / "router.log"
+        wait_for(lambda: f"supervisor pid {pid} is stopped" in log.read_text(), 30, "the router")
+        seen = wait_for(lambda: newest_bar(home), 60, "a closed bar")
+        wait_for(lambda: newest_bar(home) > seen, 60, "bars closing without the supervisor")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    router = wait_for(
+        lambda: process(home, "router")["counters"].get("supervisor_stopped"), 30, "x"
+    )
+    assert router == 1 and process(home, "router")["restarts"] == 0
