@@ -39,6 +39,7 @@ class Source(Protocol):
 _SOURCES: dict[str, str | type[Source]] = {
     "synthetic": "osm.live.feeds.synthetic:SyntheticSource",
     "replay": "osm.live.feeds.replay:ReplaySource",
+    "oanda": "osm.live.adapters.oanda.data:OandaSource",
 }
 
 
