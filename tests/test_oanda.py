@@ -387,3 +387,130 @@ def test_stream_401_is_fatal_not_a_retry_storm(fake):
     assert not stream.alive and stream.reconnects == 0
     assert "401" in str(fatal[0]) and "revoked" not in str(fatal[0])
     assert sum(r[1].endswith("/pricing/stream") for r in fake.requests) == 1
+
+
+# -- (3) execution: outcomes, lost responses, rate limit ------------------------------------------
+
+from osm.core import wire  # noqa: E402
+from osm.live.adapters.oanda.execution import OandaExecution  # noqa: E402
+
+
+@pytest.fixture
+def execution(fake):
+    events: list[P.OrderEvent] = []
+    fake.push_price("EUR_USD", 1.10000, 1.10020)
+    ex = OandaExecution(config_for(fake, request_timeout_s=0.5, poll_s=0.1), Secret(TOKEN),
+                        events.append)  # fmt: skip
+    ex.start()
+    yield ex, events
+    ex.stop()
+
+
+def _order(cid: str, units: int = 1000) -> wire.Order:
+    return wire.Order("b1", "EUR_USD", units, cid)
+
+
+def _posts(fake) -> int:
+    return sum(1 for m, p, _ in fake.requests if m == "POST" and p.endswith("/orders"))
+
+
+def test_market_order_with_sl_tp_accepted_then_filled(fake, execution):
+    ex, events = execution
+    ex.submit(_order("b1-1"), stop_loss=1.05, take_profit=1.2)
+    wait_for(lambda: any(e.kind == P.FILLED for e in events))
+    accepted, filled = events[:2]
+    assert (accepted.kind, accepted.client_id, accepted.units) == (P.ACCEPTED, "b1-1", 1000)
+    assert (filled.client_id, filled.units, filled.price) == ("b1-1", 1000, 1.1002)
+    [trade] = ex.open_trades()
+    assert (trade.client_id, trade.units, trade.stop_loss, trade.take_profit) == (
+        "b1-1", 1000, 1.05, 1.2,
+    )  # fmt: skip
+    assert ex.open_positions() == {"EUR_USD": (1000, 1.1002)}
+    time.sleep(0.3)  # a few polls: the same transactions are not reported twice
+    assert [e.kind for e in events] == [P.ACCEPTED, P.FILLED]
+    assert ex.cursor == fake.last_id
+
+
+def test_rejected_and_cancelled_carry_the_venue_reason(fake, execution):
+    ex, events = execution
+    fake.arm("orders", "reject", "INSUFFICIENT_MARGIN")
+    fake.arm("orders", "cancel", "STOP_LOSS_ON_FILL_LOSS")
+    ex.submit(_order("r"))
+    ex.submit(_order("c"))
+    wait_for(lambda: any(e.kind == P.CANCELLED for e in events))
+    kinds = [(e.kind, e.client_id, e.reason) for e in events if e.kind != P.ACCEPTED]
+    assert kinds == [(P.REJECTED, "r", "INSUFFICIENT_MARGIN"),
+                     (P.CANCELLED, "c", "STOP_LOSS_ON_FILL_LOSS")]  # fmt: skip
+    assert fake.net_units("EUR_USD") == 0
+
+
+def test_partial_fill(fake, execution):
+    ex, events = execution
+    fake.arm("orders", "partial", 400)
+    ex.submit(_order("p"))
+    wait_for(lambda: any(e.kind == P.CANCELLED for e in events))
+    assert [(e.kind, e.units) for e in events] == [
+        (P.ACCEPTED, 1000), (P.PARTIALLY_FILLED, 400), (P.CANCELLED, 0),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", [("drop",), ("delay", 1.0)])
+def test_lost_response_is_looked_up_not_resent(fake, execution, fault):
+    ex, events = execution
+    fake.arm("orders", *fault)  # the fake fills it, then the answer never arrives in time
+    ex.submit(_order("lost-1"))
+    wait_for(lambda: any(e.kind == P.FILLED for e in events))
+    assert _posts(fake) == 1 and ex.sent["lost-1"] == 1
+    assert any(p.endswith("/orders/@lost-1") for _, p, _ in fake.requests)
+    assert fake.net_units("EUR_USD") == 1000
+    assert [(e.kind, e.client_id) for e in events] == [(P.ACCEPTED, "lost-1"), (P.FILLED, "lost-1")]
+
+
+def test_5xx_before_the_venue_got_it_is_resent_once(fake, execution):
+    ex, events = execution
+    fake.arm("orders", "status", 503)
+    ex.submit(_order("r-503"))
+    wait_for(lambda: any(e.kind == P.FILLED for e in events))
+    assert _posts(fake) == 2 and fake.net_units("EUR_USD") == 1000
+    assert len([o for o in fake.orders.values() if o["clientExtensions"]["id"] == "r-503"]) == 1
+
+
+def test_429_on_create_backs_off_and_sends_again(fake, execution):
+    ex, events = execution
+    fake.arm("orders", "status", 429, times=2)
+    ex.submit(_order("rl"))
+    wait_for(lambda: any(e.kind == P.FILLED for e in events))
+    assert _posts(fake) == 3 and fake.net_units("EUR_USD") == 1000
+
+
+def test_stop_loss_and_manual_trade_reported_without_client_id(fake, execution):
+    ex, events = execution
+    ex.submit(_order("sl", 500), stop_loss=1.09)
+    wait_for(lambda: any(e.kind == P.FILLED for e in events))
+    trade_id = ex.open_trades()[0].id
+    fake.trigger_stop_loss(trade_id)
+    fake.open_manual_trade("EUR_USD", -300)
+    wait_for(lambda: sum(e.kind == P.FILLED for e in events) == 3)
+    stop, manual = [e for e in events if e.kind == P.FILLED][1:]
+    assert (stop.client_id, stop.reason, stop.units, stop.price, stop.trade_ids) == (
+        "", "STOP_LOSS_ORDER", -500, 1.09, (trade_id,),
+    )  # fmt: skip
+    assert (manual.client_id, manual.units) == ("", -300)
+    assert ex.open_positions() == {"EUR_USD": (-300, 1.09)}
+    events_since, last = ex.transactions_since("0")
+    assert last == fake.last_id and len([e for e in events_since if e.kind == P.FILLED]) == 3
+
+
+def test_token_never_in_logs_reprs_or_errors(fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    events: list = []
+    cfg = config_for(fake, poll_s=0.1)
+    ex = OandaExecution(cfg, Secret(TOKEN), events.append)
+    ex.start()
+    fake.token = "rotated"  # our token is now refused
+    ex.submit(_order("x"))
+    wait_for(lambda: not ex.alive)
+    text = caplog.text + repr(ex) + repr(cfg) + str(ex.error) + repr(ex.error)
+    assert "refused the token (401)" in str(ex.error)
+    assert TOKEN not in text
+    ex.stop()
