@@ -146,6 +146,44 @@ def _daily_open_ns(t_s: int, alignment: Alignment) -> int:
     return _to_ns(opening)
 
 
+def _week_opening(moment: dt.datetime, alignment: Alignment) -> dt.datetime:
+    """The FX week's opening (Sunday at the daily hour, local) at or before `moment` (local)."""
+    back = (moment.weekday() - 6) % 7  # days since Sunday
+    sunday = (moment - dt.timedelta(days=back)).date()
+    opening = dt.datetime(
+        sunday.year, sunday.month, sunday.day, alignment.daily_hour, tzinfo=moment.tzinfo
+    )
+    if opening > moment:
+        back = opening - dt.timedelta(days=7)
+        opening = dt.datetime(
+            back.year, back.month, back.day, alignment.daily_hour, tzinfo=moment.tzinfo
+        )
+    return opening
+
+
+def trading_deadline(start_ns: int, trading_ns: int, alignment: Alignment = OANDA_ALIGNMENT) -> int:
+    """The instant `trading_ns` of open market after `start_ns` (ns UTC).
+
+    The FX market is shut from Friday to Sunday at the daily hour of `alignment` (17:00 New York
+    for OANDA), so a span that reaches into a weekend resumes at Sunday's opening: a decision
+    taken before Friday's close and valid for ten minutes of market may fill at Sunday's first
+    quote, as the backtest fills it at the next bar's open. Holidays are not known.
+    """
+    zone = ZoneInfo(alignment.timezone)
+    now, left = start_ns, trading_ns
+    while True:
+        local = dt.datetime.fromtimestamp(now // NS, tz=dt.UTC).astimezone(zone)
+        opening = _week_opening(local, alignment)
+        closing = _to_ns(opening + dt.timedelta(days=5))  # Friday at the daily hour, local
+        if now >= closing:  # the weekend: the span resumes at the next opening
+            now = _to_ns(opening + dt.timedelta(days=7))
+            continue
+        if now + left <= closing:
+            return now + left
+        left -= closing - now
+        now = closing
+
+
 def bar_open(t_ns: int, granularity: str, alignment: Alignment = OANDA_ALIGNMENT) -> int:
     """Open time (ns UTC) of the bar of `granularity` that holds the instant `t_ns`."""
     step = step_ns(granularity)

@@ -53,7 +53,7 @@ import zmq
 
 from osm.core import wire
 from osm.core.errors import UnknownNameError
-from osm.core.granularity import step_ns
+from osm.core.granularity import step_ns, trading_deadline
 from osm.core.instruments import INSTRUMENTS
 from osm.live.adapters import Book, brokers
 from osm.live.journal import Journal
@@ -128,7 +128,8 @@ class Trader(Service):
         """The last market instant `order` may fill at; None: whenever (an order for now)."""
         if order.after_ns <= 0:
             return None
-        return order.after_ns + self._validity_ns.get(order.brain, self._default_validity_ns)
+        validity = self._validity_ns.get(order.brain, self._default_validity_ns)
+        return trading_deadline(order.after_ns, validity, self.config.router.alignment)
 
     def _recover(self) -> None:
         now = now_ns()

@@ -17,6 +17,7 @@ from osm.core.granularity import (
     nearest_granularities,
     next_open,
     step_ns,
+    trading_deadline,
 )
 
 
@@ -126,3 +127,31 @@ def test_m7_no_longer_suggests_the_monthly_granularity() -> None:
     with pytest.raises(KeyError, match=r"unknown granularity 'M7'\. Did you mean 'M5' or 'M10'\?"):
         check_granularity("M7")
     assert all(check_granularity(g) == g for g in GRANULARITIES)
+
+
+def _open_minutes_oracle(start: pd.Timestamp, minutes: int) -> pd.Timestamp:
+    """Step minute by minute through New York time, counting only the open FX week."""
+    t = start
+    while minutes:
+        local = t.tz_convert("America/New_York")
+        shut = (
+            (local.weekday() == 4 and local.hour >= 17)
+            or local.weekday() == 5
+            or (local.weekday() == 6 and local.hour < 17)
+        )
+        if not shut:
+            minutes -= 1
+        t += pd.Timedelta(minutes=1)
+    return t
+
+
+@pytest.mark.parametrize("span_minutes", [1, 10, 600, 1440])
+def test_trading_deadline_skips_the_weekend_like_a_minute_by_minute_oracle(span_minutes):
+    # Fridays and weekends around the March 2014 daylight-saving change in New York, and others.
+    starts = pd.date_range("2014-03-06T18:00Z", "2014-03-10T06:00Z", freq="97min")
+    starts = starts.append(pd.date_range("2014-11-07T20:00Z", "2014-11-09T23:00Z", freq="131min"))
+    for start in starts:
+        got = trading_deadline(start.value, span_minutes * 60 * NS)
+        want = _open_minutes_oracle(start, span_minutes)
+        # The oracle counts whole minutes from a minute on the grid: compare on that grid.
+        assert abs(got - want.value) < 60 * NS, (start, span_minutes, pd.Timestamp(got, tz="UTC"))
