@@ -188,6 +188,41 @@ def controls(session: Session, args: argparse.Namespace) -> Any:
     return open_controls(home=args.home, session=session)
 
 
+def promote(session: Session, args: argparse.Namespace) -> Any:
+    """Check a strategy (lookahead, parity) and register it as a live-brain job."""
+    from osm.live.promote import promote as run_promote
+
+    return run_promote(
+        RunDir(session.home(args.home)),
+        args.strategy,
+        dict(map(cli._param, args.param or [])),
+        instrument=args.instrument,
+        granularity=args.granularity,
+        size=args.size,
+        window=args.window,
+        name=args.name,
+        bars=args.bars,
+        replace=args.replace,
+    )
+
+
+def jobs(session: Session, args: argparse.Namespace) -> pd.DataFrame | str:
+    """``%osm jobs``: the jobs as a DataFrame; ``%osm jobs start|stop|remove|add NAME`` as in a
+    terminal."""
+    home = RunDir(session.home(args.home)).home
+    if (args.action or "list") != "list":
+        cli.cmd_jobs(home, args)
+        return f"job {args.name}: {args.action} done"
+    listed = cli.list_jobs(home, args.timeout)
+    return pd.DataFrame(listed).set_index("name") if listed else pd.DataFrame()
+
+
+def runs(session: Session, args: argparse.Namespace) -> pd.DataFrame:
+    from osm.live.jobs import list_runs
+
+    return pd.DataFrame(list_runs(RunDir(session.home(args.home)), args.job))
+
+
 def terminal_only(session: Session, args: argparse.Namespace) -> Any:
     raise ConfigError(
         f"{args.command} runs in a terminal, not in a notebook; "
@@ -210,6 +245,10 @@ ROUTES = {
     "chart": chart,
     "blotter": blotter,
     "controls": controls,
+    "promote": promote,
+    "jobs": jobs,
+    "runs": runs,
+    "logs": terminal_only,
     "keys": terminal_only,
     "demo": terminal_only,
 }

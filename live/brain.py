@@ -31,15 +31,17 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 import zmq
 
 from osm.core import wire
 from osm.core.barseries import BarSeries
-from osm.core.config import BrainConfig
+from osm.core.config import BrainConfig, SystemConfig
 from osm.core.errors import UnknownNameError
 from osm.core.granularity import next_open
+from osm.core.rundir import RunDir
 from osm.live.service import Service
 from osm.strategies.base import load_strategy
 
@@ -48,7 +50,20 @@ TARGET_RETRY_S = 2.0
 
 
 class Brain(Service):
+    """A strategy in live: named in the system's config, or given its `spec` (a job's brain)."""
+
     role = "brain"
+
+    def __init__(
+        self,
+        name: str,
+        rundir: RunDir,
+        config: SystemConfig,
+        endpoints: dict[str, Any],
+        spec: BrainConfig | None = None,
+    ):
+        super().__init__(name, rundir, config, endpoints)
+        self._given = spec
 
     def setup(self) -> None:
         self.spec = self._spec()
@@ -72,6 +87,8 @@ class Brain(Service):
         self._ask_history(None)
 
     def _spec(self) -> BrainConfig:
+        if self._given is not None:
+            return self._given
         for spec in self.config.brains:
             if spec.name == self.name:
                 return spec

@@ -502,6 +502,131 @@ def watch_demo(home: Path, seconds: float) -> int:
     return bars
 
 
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def cmd_promote(home: Path, args: argparse.Namespace) -> int:
+    """Check a strategy (lookahead, parity) and register it as a live-brain job; 2 if refused."""
+    from osm.live.promote import promote
+
+    done = promote(
+        RunDir(home),
+        args.strategy,
+        dict(map(_param, args.param or [])),
+        instrument=args.instrument,
+        granularity=args.granularity,
+        size=args.size,
+        window=args.window,
+        name=args.name,
+        bars=args.bars,
+        python_path=[str(Path.cwd())],
+        replace=args.replace,
+    )
+    print(done)
+    return 0
+
+
+def format_jobs(jobs: list[dict[str, Any]]) -> str:
+    """The job store's rows, with what the running supervisor says of each where it runs."""
+    if not jobs:
+        return "no jobs (osm promote registers one)"
+    rows = [
+        [
+            j["name"],
+            j["notebook"],
+            "yes" if j["enabled"] else "no",
+            j["state"] + (f" ({j['reason']})" if j["reason"] and j["state"] != "running" else ""),
+            j.get("pid"),
+            j["restarts"],
+            j.get("targets"),
+            " ".join(f"{k}={v}" for k, v in j["parameters"].items() if k != "params")
+            + (
+                f" params={json.dumps(j['parameters']['params'])}"
+                if "params" in j["parameters"]
+                else ""
+            ),
+        ]
+        for j in jobs
+    ]
+    header = ["JOB", "NOTEBOOK", "ENABLED", "STATE", "PID", "RESTARTS", "DECISIONS", "PARAMETERS"]
+    return _table(header, rows)
+
+
+def list_jobs(home: Path, timeout_s: float) -> list[dict[str, Any]]:
+    """The jobs of the store, with the supervisor's live view merged in where a system runs."""
+    import msgspec as _msgspec
+
+    from osm.live.jobs import JobStore
+
+    rundir = RunDir(home)
+    with JobStore(rundir) as store:
+        jobs = [_msgspec.to_builtins(j) for j in store.list()]
+    live: dict[str, dict[str, Any]] = {}
+    if supervisor.running_pid(rundir) is not None:
+        with contextlib.suppress(OsmError), Client(home, timeout_s=timeout_s) as client:
+            live = {j["name"]: j for j in client.status().get("jobs", [])}
+    for job in jobs:
+        seen = live.get(job["name"])
+        if seen:
+            job.update(state=seen["state"], restarts=seen["restarts"], reason=seen["reason"])
+            job.update(pid=seen["pid"], targets=seen["counters"].get("targets"))
+    return jobs
+
+
+def cmd_jobs(home: Path, args: argparse.Namespace) -> int:
+    from osm.live.jobs import Job, JobStore
+
+    rundir = RunDir(home)
+    action = args.action or "list"
+    if action == "list":
+        jobs = list_jobs(home, args.timeout)
+        if args.json:
+            _print_json(jobs)
+        else:
+            print(format_jobs(jobs))
+        return 0
+    if not args.name:
+        raise ConfigError(f"osm jobs {action} needs a job name")
+    with JobStore(rundir) as store:
+        if action == "add":
+            if not args.notebook:
+                raise ConfigError("osm jobs add NAME needs --notebook (live_brain or a path)")
+            params = dict(map(_param, args.param or []))
+            store.add(Job(name=args.name, notebook=args.notebook, parameters=params))
+        elif action == "remove":
+            store.remove(args.name)
+        else:
+            store.enable(args.name, action == "start")
+    print(f"job {args.name}: {action} done (the running supervisor acts on it within a second)")
+    return 0
+
+
+def cmd_runs(home: Path, args: argparse.Namespace) -> int:
+    from osm.live.jobs import list_runs
+
+    runs = list_runs(RunDir(home), args.job)
+    if args.json:
+        _print_json(runs)
+    elif not runs:
+        print("no runs archived yet")
+    else:
+        rows = [[r["job"], r["stamp"], r["error"] or "ok", r["notebook"]] for r in runs]
+        print(_table(["JOB", "STAMP", "RESULT", "OUTPUT NOTEBOOK"], rows))
+    return 0
+
+
+def cmd_logs(home: Path, args: argparse.Namespace) -> int:
+    path = RunDir(home).home / "logs" / f"{Path(args.name).name}.log"
+    if not path.exists():
+        names = sorted(p.stem for p in path.parent.glob("*.log"))
+        raise ConfigError(
+            f"no log named {args.name!r} in {path.parent}; there are: {', '.join(names) or 'none'}"
+        )
+    lines = path.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines :]))
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 
@@ -582,6 +707,40 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("instrument")
     order.add_argument("units", type=int, help="signed: positive buys, negative sells")
     order.set_defaults(func=cmd_order)
+
+    promote = sub.add_parser(
+        "promote", parents=[common], help="check a strategy and register it as a live-brain job"
+    )
+    promote.add_argument("strategy", metavar="MODULE:CLASS")
+    promote.add_argument(
+        "--param", action="append", metavar="NAME=VALUE", help="strategy parameter"
+    )
+    promote.add_argument("--instrument", default="EUR_USD")
+    promote.add_argument("--granularity", default="M1")
+    promote.add_argument("--size", type=int, default=10_000, help="brain units at target 1.0")
+    promote.add_argument("--window", type=int, default=2000, help="bars the brain holds")
+    promote.add_argument("--name", help="the job's name (default: the class name in lower case)")
+    promote.add_argument("--bars", help="a bar or tick file to check on (default: the store's)")
+    promote.add_argument("--replace", action="store_true", help="replace a job of that name")
+    promote.set_defaults(func=cmd_promote)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list, add, start, stop, remove jobs")
+    jobs.add_argument("action", nargs="?", choices=["list", "add", "start", "stop", "remove"])
+    jobs.add_argument("name", nargs="?")
+    jobs.add_argument("--notebook", help="add: live_brain, or the path of a notebook")
+    jobs.add_argument("--param", action="append", metavar="NAME=VALUE", help="add: a parameter")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
+
+    runs = sub.add_parser("runs", parents=[common], help="archived job runs (output notebooks)")
+    runs.add_argument("job", nargs="?")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=cmd_runs)
+
+    logs = sub.add_parser("logs", parents=[common], help="the end of a process's or job's log")
+    logs.add_argument("name", help="supervisor, router, trader, a feed, a brain or a job")
+    logs.add_argument("--lines", type=int, default=40)
+    logs.set_defaults(func=cmd_logs)
 
     demo = sub.add_parser("demo", parents=[common], help="a short live run on a synthetic market")
     demo.add_argument("--seconds", type=float, default=45.0, help="how long to watch")

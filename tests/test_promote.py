@@ -1,0 +1,138 @@
+"""`osm promote`: a strategy becomes a live-brain job only through the lookahead and parity gates.
+
+The gates run on given bars (a random walk, or a bar file through the command line); a refusal
+names the gate and the bar, exits 2 from the command line and registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from osm.core.errors import ConfigError, DataError, UnknownNameError
+from osm.core.rundir import RunDir
+from osm.live import cli
+from osm.live.jobs import JobStore
+from osm.live.promote import PromotionRefused, check_parity, decision_fills, promote
+from osm.research.synthetic import random_walk_bars
+from osm.strategies import Param, Strategy
+from osm.strategies.sma_cross import SmaCross
+
+SMA = "osm.strategies.sma_cross:SmaCross"
+
+
+class Centred(Strategy):
+    """A centred rolling mean: the classic accidental lookahead (importable for the CLI)."""
+
+    window = Param(11, low=3, high=51, step=2)
+
+    def target(self, bars, ind):
+        mean = pd.Series(bars.close).rolling(self.window, center=True).mean().to_numpy()
+        return np.sign(bars.close - mean)
+
+
+@pytest.fixture(scope="module")
+def bars() -> np.ndarray:
+    return random_walk_bars(1200, seed=8)
+
+
+def jobs(home) -> list:
+    with JobStore(RunDir(home)) as store:
+        return store.list()
+
+
+def test_a_peeking_strategy_is_refused_naming_the_biased_bar_and_nothing_is_registered(home, bars):
+    with pytest.raises(PromotionRefused, match=r"lookahead check: .*LOOKAHEAD.*first at bar 2 \("):
+        promote(RunDir(home), "tests.test_promote:Centred", {"window": 5}, bars=bars, window=50)
+    assert jobs(home) == []
+
+
+def test_a_window_shorter_than_the_warmup_is_refused_as_warmup(home, bars):
+    with pytest.raises(PromotionRefused, match=r"WARM-UP longer than the 10-bar window"):
+        promote(RunDir(home), SMA, {"fast": 5, "slow": 20}, bars=bars, window=10)
+    assert jobs(home) == []
+
+
+def test_sma_cross_passes_both_gates_and_is_registered_with_its_parameters(home, bars):
+    done = promote(
+        RunDir(home), SMA, {"fast": 5, "slow": 20}, bars=bars, window=100, size=2_000, name="sx"
+    )
+    assert done.lookahead.passed and done.lookahead.bars_checked == len(bars)
+    assert done.parity.passed and done.parity.fills > 20
+    [job] = jobs(home)
+    assert (job.name, job.notebook, job.enabled, job.state) == (
+        "sx",
+        "live_brain",
+        True,
+        "registered",
+    )
+    assert job.parameters == {
+        "strategy": SMA,
+        "params": {"fast": 5, "slow": 20},
+        "instrument": "EUR_USD",
+        "granularity": "M1",
+        "size": 2_000,
+        "window": 100,
+    }
+    kept = json.loads((home / "runs" / "sx" / "promotion.json").read_text())
+    assert kept["lookahead"]["passed"] and kept["parity"]["fills"] == done.parity.fills
+    with pytest.raises(ConfigError, match="a job named 'sx' exists"):
+        promote(RunDir(home), SMA, {"fast": 5, "slow": 20}, bars=bars, window=100, name="sx")
+
+
+def test_the_parity_gate_catches_decisions_that_do_not_fill_as_the_backtest(bars):
+    strategy = SmaCross(fast=5, slow=20)
+    assert check_parity(strategy, bars, 1_000, 100).passed
+    # A brain that rounds its size differently (units off by one on one fill) must fail.
+    targets = strategy.targets(bars)
+    fills = decision_fills(targets, bars, 1_000)
+    assert fills[0][1] in (1_000, -1_000) and fills[0][0] == int(
+        bars["time"][np.flatnonzero(np.nan_to_num(targets))[0] + 1]
+    )
+    report = check_parity(strategy, bars, 1_000, 10)  # window too short: decisions differ
+    assert not report.passed and report.backtest_fill != report.live_fill
+
+
+def test_a_parameter_that_looks_like_a_secret_is_refused(home, bars):
+    with pytest.raises(ConfigError, match="'api_token' looks like a secret"):
+        promote(RunDir(home), SMA, {"api_token": "x"}, bars=bars)
+
+
+def test_a_misspelt_parameter_is_refused_before_any_check(home, bars):
+    with pytest.raises(UnknownNameError, match="'slwo'. Did you mean 'slow'"):
+        promote(RunDir(home), SMA, {"fast": 5, "slwo": 20}, bars=bars)
+
+
+def test_the_command_line_refuses_with_exit_2_and_registers_with_exit_0(
+    home, bars, tmp_path, capsys
+):
+    frame = pd.DataFrame({"time_utc": pd.to_datetime(bars["time"], utc=True)})
+    for field in ("open", "high", "low", "close"):
+        for side in ("bid", "ask"):
+            frame[f"{side}_{field}"] = bars[f"{side}_{field}"]
+    path = tmp_path / "bars.csv"
+    frame.to_csv(path, index=False)
+    common = ["--bars", str(path), "--window", "60", "--home", str(home)]
+
+    code = cli.main(["promote", "tests.test_promote:Centred", "--param", "window=5", *common])
+    assert code == 2
+    assert "LOOKAHEAD" in capsys.readouterr().err
+    code = cli.main(["promote", SMA, "--param", "fast=5", "--param", "slow=20", *common])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "promoted smacross" in out and "parity: the brain's decisions fill" in out
+    assert cli.main(["jobs", "--home", str(home)]) == 0
+    listed = capsys.readouterr().out
+    assert (
+        "smacross" in listed
+        and "registered" in listed
+        and "fast=5" not in listed.split("params=")[0]
+    )
+
+
+def test_no_bars_in_the_store_is_refused_with_the_fix(home):
+    with pytest.raises(DataError, match="--bars FILE"):
+        promote(RunDir(home), SMA, {"fast": 5, "slow": 20})
