@@ -66,7 +66,10 @@ def run_replay(home: Path, replay_file: Path, system, faults: list[str]) -> dict
         home,
         feeds=[{"name": "replay", "kind": "replay", "file": str(replay_file), "speed": SPEED}],
         router={"granularities": GRANULARITIES},
-        trader={"risk": {"max_orders_per_minute": 1_000_000}},  # the replay runs 2000x
+        # The replay runs 2000x: a second without the trader is half an hour of market, after
+        # which a decision is stale and refused (tests/test_trader.py shows it). Here every
+        # decision stays valid, so the faulty run must journal exactly what the clean one does.
+        trader={"risk": {"max_orders_per_minute": 1_000_000, "max_decision_age_s": 86_400}},
         brains=[
             {
                 "name": "sma",
