@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from osm.core.dtypes import PRICE_FIELDS, mid
-from osm.core.errors import EXIT_CONFIG, ConfigError, OsmError
+from osm.core.errors import ConfigError, OsmError
 from osm.core.granularity import check_granularity
 from osm.core.instruments import instrument
 from osm.core.rundir import RunDir
@@ -102,18 +102,10 @@ def up(session: Session, args: argparse.Namespace) -> StatusTable:
     rundir = RunDir(session.home(args.home))
     done = supervisor.up(rundir, config, timeout_s=cli.UP_TIMEOUT_S, fresh=args.fresh)
     with session.client(rundir.home, args.timeout) as client:
-        status = cli.with_trading(client, cli.wait_running(client, cli.UP_TIMEOUT_S))
+        status = cli.settle(client, rundir, started=done.started)
     status["attached"] = not done.started
-    refused = [p for p in status["processes"] if p["exit_code"] == EXIT_CONFIG]
-    if done.started and refused:
-        supervisor.down(rundir)
-        p = refused[0]
-        raise ConfigError(
-            f"{p['role']} {p['name']} cannot run as configured, so the system was stopped: "
-            f"{p['reason']} (logs/{p['name']}.log in {rundir.home})"
-        )
     if not done.started:
-        ignored = cli._ignored_flags(args, config, rundir)
+        ignored = cli.ignored_flags(args, config, rundir)
         if ignored:
             print(
                 f"osm is already running in {rundir.home}; attached and ignored "

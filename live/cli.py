@@ -229,7 +229,7 @@ def cmd_up(home: Path, args: argparse.Namespace) -> int:
         print(f"osm started in {rundir.home} (supervisor pid {done.pid})")
     else:
         print(f"osm is already running in {rundir.home} (supervisor pid {done.pid}); attached")
-        ignored = _ignored_flags(args, config, rundir)
+        ignored = ignored_flags(args, config, rundir)
         if ignored:
             print(
                 f"osm: ignored {' '.join(ignored)}: the running system keeps its configuration; "
@@ -238,15 +238,7 @@ def cmd_up(home: Path, args: argparse.Namespace) -> int:
             )
     # Patient: processes starting at once on a busy machine can hold an answer for seconds.
     with Client(home, timeout_s=max(args.timeout, 15.0)) as client:
-        status = with_trading(client, wait_running(client, UP_TIMEOUT_S))
-    refused = [p for p in status["processes"] if p["exit_code"] == EXIT_CONFIG]
-    if done.started and refused:
-        supervisor.down(rundir)
-        p = refused[0]
-        return _fail(
-            f"{p['role']} {p['name']} cannot run as configured, so the system was stopped: "
-            f"{p['reason']} (logs/{p['name']}.log in {rundir.home})"
-        )
+        status = settle(client, rundir, started=done.started)
     print(format_status(status))
     stuck = [p for p in status["processes"] if p["state"] not in ("running", "exited")]
     if stuck:
@@ -258,7 +250,25 @@ def cmd_up(home: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ignored_flags(args: argparse.Namespace, config: cfg.SystemConfig, rundir: RunDir) -> list[str]:
+def settle(client: Client, rundir: RunDir, started: bool) -> dict[str, Any]:
+    """Wait until the system runs and return its status with the trader's halt.
+
+    A process that exits on its configuration (EXIT_CONFIG) is not restarted; when this `osm up`
+    started the system, such a process means it cannot run as asked: stop it all and raise.
+    """
+    status = with_trading(client, wait_running(client, UP_TIMEOUT_S))
+    refused = [p for p in status["processes"] if p["exit_code"] == EXIT_CONFIG]
+    if started and refused:
+        supervisor.down(rundir)
+        p = refused[0]
+        raise ConfigError(
+            f"{p['role']} {p['name']} cannot run as configured, so the system was stopped: "
+            f"{p['reason']} (logs/{p['name']}.log in {rundir.home})"
+        )
+    return status
+
+
+def ignored_flags(args: argparse.Namespace, config: cfg.SystemConfig, rundir: RunDir) -> list[str]:
     """The `osm up` flags given that an attach leaves without effect (none if they describe the
     running system's config exactly)."""
     defaults = vars(build_parser().parse_args(["up"]))
