@@ -11,6 +11,7 @@ hands batches of closed bars, the forming bar, fills and positions to a callback
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -335,6 +336,8 @@ class Batch(NamedTuple):
 
     bars
         Closed bars new since the last batch, in open-time order, each exactly once (BAR_DTYPE).
+        When more than the follower's `count` closed since the last batch, the older are skipped
+        (see `skipped`): a batch holds the newest `count` or a little more, never a gap inside.
     forming
         The forming bar if it changed since the last batch (0 or 1 BAR_DTYPE row); never one that
         is already closed.
@@ -342,18 +345,89 @@ class Batch(NamedTuple):
         Fills since the last batch, every brain's (``wire.Fill``).
     positions
         The latest position of each instrument that changed (``wire.Position``).
+    skipped
+        Closed bars that came between the last batch and this one but are older than the last
+        `count` (the series closes bars faster than the sink is fed): not handed, counted here so
+        a consumer that numbers bars keeps its count.
     """
 
     bars: np.ndarray
     forming: np.ndarray
     fills: list[wire.Fill]
     positions: list[wire.Position]
+    skipped: int = 0
 
     def __bool__(self) -> bool:
-        return bool(len(self.bars) or len(self.forming) or self.fills or self.positions)
+        return bool(
+            len(self.bars) or len(self.forming) or self.fills or self.positions or self.skipped
+        )
+
+
+class _Held:
+    """What a follower holds between two hand-overs, bounded whatever the bar rate.
+
+    Closed bars: a ring of the merge's arrays holding at least the newest `count` bars; an older
+    array is dropped whole once the newer ones hold `count`, so one piece the merge hands back (a
+    gap filled from history with the live bars behind it) is never cut. Holding costs no copy;
+    the arrays are joined once, at hand-over. The
+    forming bar and positions: the newest raw payload of each topic, decoded only at hand-over
+    (the router may send many forming bars between two batches; all but the last are overwritten
+    unread). Fills: every one.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._clear()
+
+    def _clear(self) -> None:
+        self.bars: collections.deque[np.ndarray] = collections.deque()
+        self.held = 0  # rows in `bars`
+        self.skipped = 0
+        self.forming: bytes | None = None  # the newest raw payload
+        self.fills: list[wire.Fill] = []
+        self.positions: dict[bytes, bytes] = {}  # topic: the newest raw payload
+
+    def __bool__(self) -> bool:
+        return bool(self.held or self.forming is not None or self.fills or self.positions)
+
+    def add_bars(self, bars: np.ndarray) -> None:
+        if not len(bars):
+            return
+        self.bars.append(bars)
+        self.held += len(bars)
+        while self.held - len(self.bars[0]) >= self.count:
+            dropped = len(self.bars.popleft())
+            self.held -= dropped
+            self.skipped += dropped
+
+    def take(self, last_time: int, parse: Callable[[list[bytes]], tuple[str, Any]]) -> Batch:
+        """Empty the holding into a batch; a forming bar at or before `last_time` is dropped
+        (it closed meanwhile)."""
+        closed = np.concatenate(self.bars) if self.bars else np.empty(0, BAR_DTYPE)
+        skipped = self.skipped
+        forming = closed[:0]
+        if self.forming is not None:
+            message = parse([b"", self.forming])[1]
+            if isinstance(message, wire.Bars):
+                forming = message.array()[-1:]
+                if len(forming) and int(forming["time"][0]) <= last_time:
+                    forming = closed[:0]
+        positions = [parse([b"", raw])[1] for raw in self.positions.values()]
+        batch = Batch(
+            closed,
+            forming,
+            self.fills,
+            [p for p in positions if isinstance(p, wire.Position)],
+            skipped,
+        )
+        self._clear()
+        return batch
 
 
 HISTORY_RETRY_S = 2.0  # resend a history request unanswered this long (the router was away)
+DRAIN_MAX = 500  # live messages read in one pass, before the loop looks at its other duties
+SUB_HWM = 100_000  # live messages queued for the follower (small: a few hundred bytes each)
+DRAIN_GAP_S = 0.01  # rest between passes, so a flood of bars is read in chunks, not one by one
 _ids = itertools.count()
 
 
@@ -448,28 +522,31 @@ class Follower:
 
     def _loop(self, control: zmq.Socket, sockets: list[zmq.Socket]) -> None:
         i, g = self.instrument, self.granularity
-        closed_topic, forming_topic = f"bar.{i}.{g}", f"bar_partial.{i}.{g}"
+        closed_topic, forming_topic = f"bar.{i}.{g}".encode(), f"bar_partial.{i}.{g}".encode()
+        # Room for the bars of a rest between drains at full replay speed: a drop is a gap the
+        # merge must ask history about, and live bars wait until the router answers. Set on the
+        # context, as the socket connects before it is handed back (HWM counts per connection).
+        self._context.setsockopt(zmq.RCVHWM, SUB_HWM)
         sub = self._client._connect(zmq.SUB, "router_bars", self._context, self._endpoints)
         sockets.append(sub)
         sub.connect(self._endpoints["trader_events"])
-        for topic in (closed_topic, forming_topic, "fill.", "position."):
-            sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        for topic in (closed_topic, forming_topic, b"fill.", b"position."):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
         history = self._client._connect(
             zmq.DEALER, "router_history", self._context, self._endpoints
         )
         sockets.append(history)
-        poller = zmq.Poller()
+        all_sockets, quiet = zmq.Poller(), zmq.Poller()
         for sock in (control, sub, history):
-            poller.register(sock, zmq.POLLIN)
+            all_sockets.register(sock, zmq.POLLIN)
+        for sock in (control, history):
+            quiet.register(sock, zmq.POLLIN)
 
-        bars: list[np.ndarray] = []
-        forming: np.ndarray | None = None
-        fills: list[wire.Fill] = []
-        positions: dict[str, wire.Position] = {}
+        held = _Held(self.merge.count)
         sent: object = None  # the request last sent, to send each once (and retry)
         sent_at = 0.0
         interval = 1.0 / self.hz
-        next_flush = 0.0
+        next_flush = next_drain = 0.0
         while not self._stopping.is_set():
             wanted = self.merge.wanted
             now = time.monotonic()
@@ -477,48 +554,64 @@ class Follower:
                 request = wire.HistoryRequest(i, g, wanted.count, wanted.end_ns)
                 history.send_multipart(wire.frames("history", request))
                 sent, sent_at = wanted, now
-            pending = self.merge.warm and bool(bars or forming is not None or fills or positions)
-            wait = max(0.0, next_flush - now) if pending else HISTORY_RETRY_S
-            events = dict(poller.poll(wait * 1000))
+            # Between drains the subscription is not polled: messages wait in its queue and are
+            # read in one chunk, instead of waking this thread (and taking the GIL) for each.
+            draining = now >= next_drain
+            wake = [next_flush] if self.merge.warm and held else []
+            wake += [] if draining else [next_drain]
+            wait = max(0.0, min(wake) - now) if wake else HISTORY_RETRY_S
+            events = dict((all_sockets if draining else quiet).poll(wait * 1000))
             if control in events:
                 break
-            if sub in events:
-                for _ in range(1000):  # drain a burst, but let the flush come
-                    try:
-                        parts = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    topic, message = self._parse(parts)
-                    if topic == closed_topic and isinstance(message, wire.Bars):
-                        bars.append(self.merge.live(message.array()))
-                    elif topic == forming_topic and isinstance(message, wire.Bars):
-                        forming = message.array()[-1:]
-                    elif isinstance(message, wire.Fill):
-                        fills.append(message)
-                    elif isinstance(message, wire.Position):
-                        positions[message.instrument] = message
+            read = self._drain(sub, held, closed_topic, forming_topic) if sub in events else 0
+            if read and read < DRAIN_MAX:
+                next_drain = time.monotonic() + DRAIN_GAP_S
             if history in events:
                 topic, message = self._parse(history.recv_multipart())
                 if isinstance(message, wire.Bars):
-                    bars.append(self.merge.history(message.array()))
+                    held.add_bars(self.merge.history(message.array()))
                 elif isinstance(message, wire.Reply):
                     raise CommandFailed(f"the router refused the history request: {message.error}")
             now = time.monotonic()
-            closed = np.concatenate(bars) if bars else np.empty(0, BAR_DTYPE)
-            if forming is not None and int(forming["time"][0]) <= self.merge.last_time:
-                forming = None  # closed meanwhile
-            batch = Batch(
-                closed,
-                forming[:1] if forming is not None else closed[:0],
-                fills,
-                [*positions.values()],
-            )
-            if batch and now >= next_flush and self.merge.warm:
-                self._hand(batch)
-                bars, forming, fills, positions = [], None, [], {}
-                next_flush = now + interval
+            if held and now >= next_flush and self.merge.warm:
+                batch = held.take(self.merge.last_time, self._parse)
+                self.merge.counters["bars_skipped"] += batch.skipped
+                if batch:
+                    self._hand(batch)
+                    next_flush = now + interval
+
+    def _drain(
+        self, sub: zmq.Socket, held: _Held, closed_topic: bytes, forming_topic: bytes
+    ) -> int:
+        """Read up to DRAIN_MAX waiting live messages into `held`; return how many were read.
+
+        Closed bars are all decoded (each must reach the merge, in order) and merged in one call;
+        forming bars and positions are only kept raw, the newest per topic.
+        """
+        live: list[np.ndarray] = []
+        read = 0
+        while read < DRAIN_MAX:
+            try:
+                parts = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            read += 1
+            topic = parts[0]
+            if len(parts) != 2:
+                self.merge.counters["undecodable"] += 1
+            elif topic == forming_topic:
+                held.forming = parts[1]
+            elif topic.startswith(b"position."):
+                held.positions[topic] = parts[1]
             else:
-                bars = [closed] if len(closed) else []
+                message = self._parse(parts)[1]
+                if topic == closed_topic and isinstance(message, wire.Bars):
+                    live.append(message.array())
+                elif isinstance(message, wire.Fill):
+                    held.fills.append(message)
+        if live:
+            held.add_bars(self.merge.live(np.concatenate(live) if len(live) > 1 else live[0]))
+        return read
 
     def _parse(self, parts: list[bytes]) -> tuple[str, wire.AnyMessage | None]:
         try:

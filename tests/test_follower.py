@@ -14,7 +14,7 @@ import pytest
 
 from osm.core.dtypes import empty_bars
 from osm.core.granularity import NS
-from osm.live.client import Client
+from osm.live.client import Client, _Held
 from osm.live.follow import BarMerge, Wanted
 from tests.live_helpers import wait_for
 from tests.system_helpers import process, running_system
@@ -171,3 +171,51 @@ def test_follow_without_a_system_says_how_to_start_one(home):
     with Client(home) as client, pytest.raises(SystemNotRunning, match="osm up"):
         client.follow("EUR_USD", "M1")
     assert not [t for t in threading.enumerate() if t.name.startswith("osm-follow")]
+
+
+def test_merge_fast_path_matches_the_bar_by_bar_way(monkeypatch):
+    """Chunks of in-order bars (with repeats, gaps and disorder mixed in) give the same bars and
+    counters whether or not the vectorised run-after-last path is taken."""
+    rng = np.random.default_rng(7)
+    chunks, m = [], 0
+    for _ in range(200):
+        n = int(rng.integers(0, 6))
+        chunk = list(range(m + 1, m + 1 + n))
+        if rng.random() < 0.2 and m > 2:
+            chunk = [m - 1, m, *chunk]  # a republished bar
+        if rng.random() < 0.1:
+            chunk = [*chunk, chunk[-1] + 3] if chunk else [m + 4]  # a gap
+        if rng.random() < 0.05:
+            chunk = chunk[::-1]
+        m = max([m, *chunk])
+        chunks.append(chunk)
+
+    def run(fast: bool) -> tuple[list[int], dict]:
+        merge = BarMerge("M1", 4)
+        if not fast:
+            monkeypatch.setattr(merge, "_run_after_last", lambda bars: None)
+        out = minutes(merge.history(bars_at(0)))
+        for chunk in chunks:
+            out += minutes(merge.live(bars_at(*chunk)))
+            if merge.wanted is not None:
+                end = merge.wanted.end_ns
+                before = [k for k in range(m + 10) if T0 + k * M1 < end][-4:]
+                out += minutes(merge.history(bars_at(*before)))
+        return out, dict(merge.counters)
+
+    fast, slow = run(True), run(False)
+    assert fast == slow
+    assert fast[0] == sorted(set(fast[0])) and len(fast[0]) > 300
+
+
+def test_held_bars_stay_bounded_and_count_what_they_skip():
+    held = _Held(5)
+    for m in range(0, 40, 3):
+        held.add_bars(bars_at(m, m + 1, m + 2))
+    assert held.held == 6  # whole arrays dropped once the newer ones hold 5
+    batch = held.take(-1, lambda parts: ("", None))
+    assert minutes(batch.bars) == [36, 37, 38, 39, 40, 41]
+    assert batch.skipped == 42 - 6
+    held.add_bars(bars_at(*range(50, 60)))  # one piece of the merge is never cut
+    assert minutes(held.take(-1, lambda parts: ("", None)).bars) == list(range(50, 60))
+    assert not held and not held.take(-1, lambda parts: ("", None))
