@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +191,58 @@ def test_tcp_on_loopback_is_curve(home, system, context):
     # Another local user, without the run directory's keys, gets no answer.
     dealer = connect(context, zmq.DEALER, endpoints["trader_orders"])
     assert answer(dealer, wire.frames("command", wire.Command("halt")), timeout_s=3) is None
+
+
+# What another local user tries, in plain Python (no package of ours): read the run directory's
+# files and connect to its ipc sockets. It prints what each attempt gave.
+_OTHER_USER_PROBE = """
+import json, os, socket, sys
+home = sys.argv[1]
+results = {"listed_parent": sorted(os.listdir(os.path.dirname(home)))}
+for path in sys.argv[2:]:
+    try:
+        if path.startswith("ipc://"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(path[len("ipc://"):])
+        else:
+            with open(path, "rb") as f:
+                f.read(1)
+        results[path] = "open"
+    except OSError as exc:
+        results[path] = type(exc).__name__
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture
+def open_parent():
+    """A world-traversable folder for the run directory: only osm's own modes protect it."""
+    folder = Path(tempfile.mkdtemp(prefix="osm-other-user-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# The other user runs the system's Python (ours may sit in a folder only its owner can enter).
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a probe as another user")
+@pytest.mark.skipif(SYSTEM_PYTHON is None, reason="no /usr/bin/python3 for the other user")
+def test_another_local_user_can_read_nothing_and_reach_no_endpoint(open_parent):
+    home = open_parent / "home"
+    for up in running_system(home):
+        up()
+        endpoints = json.loads((home / "endpoints.json").read_text())
+        ipc = [a for a in endpoints.values() if isinstance(a, str) and a.startswith("ipc://")]
+        files = [p for p in home.rglob("*") if p.is_file() and not p.is_socket()]
+        assert ipc and any(p.suffix == ".sqlite" for p in files), (ipc, files)
+        probe = subprocess.run(
+            [SYSTEM_PYTHON, "-I", "-S", "-c", _OTHER_USER_PROBE, str(home), *ipc,
+             *map(str, files)],
+            capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/",
+        )  # fmt: skip
+        assert probe.returncode == 0, probe.stderr
+        results = json.loads(probe.stdout)
+        assert results.pop("listed_parent") == ["home"]  # the parent is open to it
+        assert results and set(results.values()) == {"PermissionError"}, results
