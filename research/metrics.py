@@ -28,8 +28,9 @@ observed bar frequency, weekend gaps included):
 - ``exposure`` = share of the n bar closes at which a position is held
 - ``trades`` = number of closed trades
 
-:func:`evaluate_nb` chains the backtest, the trade list and the metrics over buffers the caller
-allocates once: a sweep evaluates any number of combinations in memory the size of the data.
+:func:`evaluate_nb` gives the metrics of the backtest, the trade list and :func:`metrics_nb` chained,
+bit for bit, in two passes over the bars and buffers the caller allocates once: a sweep evaluates
+any number of combinations in memory the size of the data.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from osm.research.nb import FILL_DTYPE, backtest_nb
+from osm.research.nb import FILL_DTYPE
 
 TRADE_DTYPE = np.dtype(
     [
@@ -182,8 +183,53 @@ def metrics_nb(
     See the module docstring for the formulas.
     """
     n = len(equity)
+    total = 0.0
+    downside = 0.0
+    for t in range(1, n):
+        r = equity[t] / equity[t - 1] - 1.0
+        total += r
+        if r < 0.0:
+            downside += r * r
+    mean = total / (n - 1) if n > 1 else np.nan
+    squares = 0.0
+    for t in range(1, n):
+        squares += (equity[t] / equity[t - 1] - 1.0 - mean) ** 2
+
+    peak = cash
+    worst = 0.0
+    for t in range(n):
+        peak = max(peak, equity[t])
+        worst = max(worst, 1.0 - equity[t] / peak)
+
+    held = 0
+    for t in range(1, n):
+        wanted = target_units[t - 1]
+        if wanted == wanted and wanted != 0.0:
+            held += 1
+    _write_metrics(
+        time, equity[n - 1], cash, total, downside, squares, worst, held, trades, n_trades, out
+    )
+
+
+@njit(cache=True, nogil=True)
+def _write_metrics(
+    time: np.ndarray,
+    final: float,
+    cash: float,
+    total: float,
+    downside: float,
+    squares: float,
+    worst: float,
+    held: int,
+    trades: np.ndarray,
+    n_trades: int,
+    out: np.ndarray,
+) -> None:
+    # The formulas once the sums over bars are known: the sums of the returns, of the squared
+    # negative ones and of the squared deviations from the mean, the drawdown and the bars held.
+    n = len(time)
     years = (time[n - 1] - time[0]) / YEAR_NS if n > 1 else 0.0
-    growth = equity[n - 1] / cash
+    growth = final / cash
     out[0] = growth - 1.0
     if years <= 0.0:
         out[1] = np.nan
@@ -192,18 +238,8 @@ def metrics_nb(
     else:
         out[1] = growth ** (1.0 / years) - 1.0
 
-    total = 0.0
-    downside = 0.0
-    for t in range(1, n):
-        r = equity[t] / equity[t - 1] - 1.0
-        total += r
-        if r < 0.0:
-            downside += r * r
     count = n - 1
     mean = total / count if count > 0 else np.nan
-    squares = 0.0
-    for t in range(1, n):
-        squares += (equity[t] / equity[t - 1] - 1.0 - mean) ** 2
     std = np.sqrt(squares / (count - 1)) if count > 1 else 0.0
     root_bars = np.sqrt(count / years) if years > 0.0 else np.nan
     out[2] = mean / std * root_bars if std > 0.0 else np.nan
@@ -211,12 +247,6 @@ def metrics_nb(
         out[3] = mean / np.sqrt(downside / count) * root_bars
     else:
         out[3] = np.inf if mean > 0.0 else np.nan
-
-    peak = cash
-    worst = 0.0
-    for t in range(n):
-        peak = max(peak, equity[t])
-        worst = max(worst, 1.0 - equity[t] / peak)
     out[4] = worst
 
     closed = wins = 0
@@ -236,12 +266,6 @@ def metrics_nb(
         out[6] = gains / losses
     else:
         out[6] = np.inf if gains > 0.0 else np.nan
-
-    held = 0
-    for t in range(1, n):
-        wanted = target_units[t - 1]
-        if wanted == wanted and wanted != 0.0:
-            held += 1
     out[7] = held / n
     out[8] = closed
 
@@ -253,31 +277,100 @@ def evaluate_nb(
     ask_open: np.ndarray,
     bid_close: np.ndarray,
     ask_close: np.ndarray,
-    target_units: np.ndarray,
+    targets: np.ndarray,
+    size: float,
     commission: float,
     financing_per_bar: float,
     cash: float,
-    equity_buf: np.ndarray,
+    returns_buf: np.ndarray,
     fills_buf: np.ndarray,
     trades_buf: np.ndarray,
     out: np.ndarray,
-) -> None:
-    """Backtest `target_units` and write only its metrics into `out` (N_METRICS,).
+) -> int:
+    """Backtest ``rint(targets * size)`` units and write only its metrics into `out` (N_METRICS,).
 
-    The buffers are scratch space the caller allocates once and reuses across calls: `equity_buf`
-    float64 (n,), `fills_buf` FILL_DTYPE (n,), `trades_buf` TRADE_DTYPE (n,). Semantics are those of
-    :func:`osm.research.nb.backtest_nb`, :func:`trades_nb` and :func:`metrics_nb`.
+    Return how many `targets` lie outside [-1, 1] (NaN is flat, not outside); the metrics are
+    written all the same, so a caller that refuses such targets checks the count. Pass units
+    as `targets` with `size` 1.0 to run units as they are.
+
+    The buffers are scratch space the caller allocates once and reuses across calls:
+    `returns_buf` float64 (n,), `fills_buf` FILL_DTYPE (n,), `trades_buf` TRADE_DTYPE (n,).
+    The metrics are those of :func:`osm.research.backtest.target_units`,
+    :func:`osm.research.nb.backtest_nb`, :func:`trades_nb` and :func:`metrics_nb` chained,
+    bit for bit, in two passes over the bars instead of six: the first turns each target into
+    units, executes them as ``backtest_nb`` does and folds the bar's equity straight into the
+    return sums, the drawdown and the exposure; the second sums the squared deviations from the
+    mean return, which needs the mean first. No units or equity array is kept: the drawdown of
+    a run of bars under one peak is that of their lowest equity (division and subtraction round
+    monotonically), so it is divided once per peak instead of once per bar.
     """
-    n_fills = backtest_nb(
-        bid_open, ask_open, bid_close, ask_close, target_units, commission, financing_per_bar,
-        cash, equity_buf, fills_buf,
-    )  # fmt: skip
+    n = len(bid_open)
+    bad = 0
+    position = 0.0
+    balance = cash  # cash, as backtest_nb names it
+    previous = cash  # equity at bar 0: nothing is held yet
+    n_fills = 0
+    total = downside = worst = 0.0
+    peak = trough = cash
+    held = 0
+    for t in range(1, n):
+        wanted = targets[t - 1]
+        if wanted != wanted:  # NaN: no opinion yet, stay flat
+            wanted = 0.0
+        elif wanted < -1.0 - 1e-12 or wanted > 1.0 + 1e-12:
+            bad += 1
+        wanted = np.rint(wanted * size)
+        delta = wanted - position
+        if delta != 0.0:
+            price = ask_open[t] if delta > 0.0 else bid_open[t]
+            fee = abs(delta) * price * commission
+            balance -= delta * price + fee
+            position = wanted
+            if n_fills < len(fills_buf):
+                fills_buf[n_fills]["bar"] = t
+                fills_buf[n_fills]["units"] = delta
+                fills_buf[n_fills]["price"] = price
+                fills_buf[n_fills]["commission"] = fee
+                fills_buf[n_fills]["position"] = position
+            n_fills += 1
+        if position > 0.0:
+            value = position * bid_close[t]
+        else:
+            value = position * ask_close[t]
+        if position != 0.0:
+            held += 1
+            if financing_per_bar != 0.0:
+                balance -= abs(position) * 0.5 * (bid_close[t] + ask_close[t]) * financing_per_bar
+        equity = balance + value
+        r = equity / previous - 1.0
+        returns_buf[t] = r
+        total += r
+        loss = min(r, 0.0)  # adding 0.0 when r >= 0 leaves the sum as metrics_nb's branch does
+        downside += loss * loss
+        previous = equity
+        if equity > peak:
+            worst = max(worst, 1.0 - trough / peak)
+            peak = trough = equity
+        elif equity < trough:
+            trough = equity
+    worst = max(worst, 1.0 - trough / peak)
+    last = targets[n - 1]  # never executed, but checked like the others
+    if last < -1.0 - 1e-12 or last > 1.0 + 1e-12:
+        bad += 1
+
+    mean = total / (n - 1) if n > 1 else np.nan
+    squares = 0.0
+    for t in range(1, n):
+        squares += (returns_buf[t] - mean) ** 2
     n_trades = trades_nb(fills_buf, n_fills, bid_close, ask_close, financing_per_bar, trades_buf)
-    metrics_nb(time, equity_buf, cash, trades_buf, n_trades, target_units, out)
+    _write_metrics(
+        time, previous, cash, total, downside, squares, worst, held, trades_buf, n_trades, out
+    )
+    return bad
 
 
 def scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Allocate the buffers :func:`evaluate_nb` needs for `n` bars: equity, fills, trades, out."""
+    """Allocate the buffers :func:`evaluate_nb` needs for `n` bars: returns, fills, trades, out."""
     return (
         np.empty(n),
         np.empty(n, dtype=FILL_DTYPE),

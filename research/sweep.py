@@ -6,8 +6,9 @@ combination: its parameter values and the metrics of :mod:`osm.research.metrics`
 
 How it stays fast and small:
 
-- Each combination is evaluated on its own into buffers a thread allocated once (units, equity,
-  fills, trades): memory is the bars, a few bar-length arrays per thread and the cached
+- Each combination is evaluated on its own into buffers a thread allocated once (returns, fills,
+  trades), targets straight to metrics in one fused kernel (:func:`osm.research.metrics.evaluate_nb`,
+  two passes over the bars): memory is the bars, a few bar-length arrays per thread and the cached
   indicators, never a (bars x combinations) matrix.
 - The threads of a process share one Bars and one :class:`SharedIndicatorCache`, so each unique
   indicator is computed once: the first thread that asks computes it, any other waits for it.
@@ -47,7 +48,6 @@ from osm.research.backtest import check_not_empty, check_settings
 from osm.research.data import check_bars
 from osm.research.metrics import METRIC_NAMES, TRADE_DTYPE, evaluate_nb, scratch
 from osm.research.nb import FILL_DTYPE
-from osm.research.sweep_nb import target_units_nb
 from osm.strategies.base import Bars, IndicatorCache, Strategy, load_strategy
 
 EXECUTORS = ("local", "dask")
@@ -287,25 +287,23 @@ class _Evaluator:
 
     def __init__(self, strategy_cls: type[Strategy], context: _Context, run: _Run) -> None:
         self.strategy_cls, self.context, self.run = strategy_cls, context, run
-        n = len(context.records)
-        self.units = np.empty(n)
-        self.equity, self.fills, self.trades, self.out = scratch(n)
+        self.returns, self.fills, self.trades, self.out = scratch(len(context.records))
 
     def __call__(self, values: dict[str, Any]) -> tuple[float, ...]:
         strategy = self.strategy_cls(**values)
         context, run = self.context, self.run
         target = np.asarray(strategy.target(context.bars, context.cache), dtype=np.float64)
-        if target.shape != self.units.shape:
+        if target.shape != self.returns.shape:
             raise ValueError(
-                f"{strategy!r}.target returned shape {target.shape}; expected {self.units.shape}"
+                f"{strategy!r}.target returned shape {target.shape}; expected {self.returns.shape}"
             )
-        if target_units_nb(target, run.size, self.units):
-            raise ValueError(f"{strategy!r}.target must stay within [-1, 1]")
         time_, bid_open, ask_open, bid_close, ask_close = context.prices
-        evaluate_nb(
-            time_, bid_open, ask_open, bid_close, ask_close, self.units, run.commission,
-            run.financing, run.cash, self.equity, self.fills, self.trades, self.out,
+        outside = evaluate_nb(
+            time_, bid_open, ask_open, bid_close, ask_close, target, run.size, run.commission,
+            run.financing, run.cash, self.returns, self.fills, self.trades, self.out,
         )  # fmt: skip
+        if outside:
+            raise ValueError(f"{strategy!r}.target must stay within [-1, 1]")
         return tuple(self.out.tolist())
 
 
@@ -533,7 +531,7 @@ def _footprint(context: _Context, threads: int, processes: int) -> int:
     item = cache.nbytes // max(len(cache), 1)
     fields = sum(v.nbytes for v in vars(context.bars).values() if isinstance(v, np.ndarray))
     per_process = context.records.nbytes + fields + item * cache.max_items
-    per_thread = len(context.records) * (4 * 8 + FILL_DTYPE.itemsize + TRADE_DTYPE.itemsize)
+    per_thread = len(context.records) * (3 * 8 + FILL_DTYPE.itemsize + TRADE_DTYPE.itemsize)
     return processes * (per_process + threads * per_thread)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,7 +11,16 @@ import pytest
 
 from osm.research.backtest import backtest, target_units
 from osm.research.data import load_bars
-from osm.research.metrics import METRIC_NAMES, evaluate_nb, metrics_dict, scratch
+from osm.research.metrics import (
+    METRIC_NAMES,
+    TRADE_DTYPE,
+    evaluate_nb,
+    metrics_dict,
+    metrics_nb,
+    scratch,
+    trades_nb,
+)
+from osm.research.nb import FILL_DTYPE, backtest_nb
 from osm.strategies.bollinger import Bollinger
 from osm.strategies.donchian import Donchian
 from osm.strategies.momentum import Momentum
@@ -117,16 +127,66 @@ def test_trades_and_metrics_match_the_oracles(h1: np.ndarray, cls, params) -> No
 
 
 def test_the_fast_path_gives_the_backtest_metrics_exactly(h1: np.ndarray) -> None:
-    equity, fills, trades, out = scratch(len(h1))
+    returns, fills, trades, out = scratch(len(h1))
     for seed in range(4):  # reused buffers: nothing may leak from one combination to the next
-        units = target_units(random_targets(len(h1), seed), 25_000)
-        evaluate_nb(
-            h1["time"], h1["bid_open"], h1["ask_open"], h1["bid_close"], h1["ask_close"], units,
-            2e-5, 1e-6, 50_000.0, equity, fills, trades, out,
+        outside = evaluate_nb(
+            h1["time"], h1["bid_open"], h1["ask_open"], h1["bid_close"], h1["ask_close"],
+            random_targets(len(h1), seed), 25_000.0, 2e-5, 1e-6, 50_000.0, returns, fills,
+            trades, out,
         )  # fmt: skip
         result = backtest(Replay, h1, size=25_000, commission=2e-5, financing=1e-6, cash=50_000,
                           seed=seed)  # fmt: skip
+        assert outside == 0
         assert metrics_dict(out) == result.metrics
+
+
+def _chained(bars: np.ndarray, units: np.ndarray, commission: float, financing: float,
+             cash: float) -> np.ndarray:  # fmt: skip
+    """The slow path the fused kernel replaces: every equity, fill and trade kept."""
+    n = len(bars)
+    equity, fills = np.empty(n), np.empty(n, dtype=FILL_DTYPE)
+    prices = [
+        np.ascontiguousarray(bars[f]) for f in ("bid_open", "ask_open", "bid_close", "ask_close")
+    ]
+    n_fills = backtest_nb(*prices, units, commission, financing, cash, equity, fills)
+    trades = np.empty(max(n_fills, 1), dtype=TRADE_DTYPE)
+    n_trades = trades_nb(fills, n_fills, prices[2], prices[3], financing, trades)
+    out = np.empty(len(METRIC_NAMES))
+    metrics_nb(np.ascontiguousarray(bars["time"]), equity, cash, trades, n_trades, units, out)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 50, 6000])
+def test_the_fused_kernel_equals_the_chained_kernels_bit_for_bit(h1: np.ndarray, n: int) -> None:
+    bars = h1[-n:]
+    columns = [np.ascontiguousarray(bars[f]) for f in
+               ("time", "bid_open", "ask_open", "bid_close", "ask_close")]  # fmt: skip
+    returns, fills, trades, out = scratch(n)
+    returns[:] = fills["price"] = trades["pnl"] = np.pi  # stale scratch must not leak in
+    rng = np.random.default_rng(n)
+    cases = [random_targets(n, seed) for seed in range(3)]
+    cases += [np.full(n, np.nan), np.zeros(n), np.ones(n), -np.ones(n)]
+    cases += [np.sign(rng.standard_normal(n)), rng.uniform(-1, 1, n)]  # flips every bar
+    # size 2e6 on 100 000 cash: 20x leverage, drawdowns near or past 1.
+    for targets, size in itertools.product(cases, [1.0, 10_000.0, 2e6]):
+        for commission, financing in [(0.0, 0.0), (2e-5, 0.0), (1e-3, 3e-6)]:
+            want = _chained(bars, target_units(targets, size), commission, financing, 1e5)
+            outside = evaluate_nb(
+                *columns, targets, size, commission, financing, 1e5, returns, fills, trades, out
+            )
+            assert outside == 0
+            np.testing.assert_array_equal(out, want)  # NaN equals NaN, nothing else but equality
+
+
+def test_the_fused_kernel_counts_targets_outside_the_range(h1: np.ndarray) -> None:
+    bars = h1[-100:]
+    columns = [np.ascontiguousarray(bars[f]) for f in
+               ("time", "bid_open", "ask_open", "bid_close", "ask_close")]  # fmt: skip
+    targets = np.zeros(100)
+    targets[[3, 50, 99]] = [1.5, -1.0 - 1e-9, 2.0]  # the last one too, though never executed
+    targets[10] = 1.0 + 1e-13  # rounding noise is inside
+    returns, fills, trades, out = scratch(100)
+    assert evaluate_nb(*columns, targets, 1.0, 0.0, 0.0, 1e5, returns, fills, trades, out) == 3
 
 
 def test_a_run_that_never_trades_has_no_ratio_to_report(h1: np.ndarray) -> None:
