@@ -42,7 +42,7 @@ from osm.core.config import BrainConfig, SystemConfig
 from osm.core.errors import UnknownNameError
 from osm.core.granularity import next_open
 from osm.core.rundir import RunDir
-from osm.live.service import Service
+from osm.live.service import Service, send_frames
 from osm.strategies.base import load_strategy
 
 HISTORY_RETRY_S = 5.0
@@ -221,7 +221,7 @@ class Brain(Service):
             self._send_target()
 
     def _send_target(self) -> None:
-        self._orders.send_multipart(wire.frames("target", self._outbox[0]))
+        send_frames(self._orders, wire.frames("target", self._outbox[0]))
         self._target_sent_at = time.monotonic()
 
     def _on_reply(self, parts: list[bytes]) -> None:

@@ -64,7 +64,7 @@ from osm.live.aggregate import (
     to_bars,
 )
 from osm.live.bus import feed_token
-from osm.live.service import Service
+from osm.live.service import Service, send_frames
 from osm.live.store import BarStore, JournalRecord, dedupe, read_bars
 
 
@@ -145,6 +145,7 @@ class Router(Service):
         self._closed: list[wire.Bars] = []
         self._ticks_out: list[list[bytes]] = []
         self._replies: dict[str, bytes] = {}  # feed -> identity of the peer to acknowledge
+        self._partials_at = np.inf  # no forming bar may be published before this monotonic time
         self._next_sync = 0.0
 
     def setup(self) -> None:
@@ -312,6 +313,8 @@ class Router(Service):
         book.last = (int(time_ns[last]), float(bid[last]), float(ask[last]))
         book.changed = True
         book.partial_due[:] = True
+        first = float(book.partial_sent.min()) + self._partial_interval
+        self._partials_at = min(self._partials_at, first)
         for g, count in enumerate(self._closed_counts.tolist()):
             if count:
                 bars = self._closed_rows[g, :count]
@@ -350,9 +353,9 @@ class Router(Service):
         if not (self._closed or changed or self._replies):
             return
         for bars in self._closed:
-            self.pub.send_multipart(wire.frames(f"bar.{bars.instrument}.{bars.granularity}", bars))
+            send_frames(self.pub, wire.frames(f"bar.{bars.instrument}.{bars.granularity}", bars))
         for frames in self._ticks_out:
-            self.pub.send_multipart(frames)
+            send_frames(self.pub, frames)
         if self.store is not None:
             forming = [
                 wire.Bars.of(b.instrument, g, b.forming(i))
@@ -373,20 +376,26 @@ class Router(Service):
                 self.store.sync()  # acknowledged means on disk, power loss included
         for feed, identity in self._replies.items():
             ack = wire.Ack(feed, self.seqs.get(feed, 0))
-            self.ticks_sock.send_multipart([identity, *wire.frames("ack", ack)])
+            send_frames(self.ticks_sock, [identity, *wire.frames("ack", ack)])
         for book in changed:
             book.changed = False
         self._closed, self._ticks_out, self._replies = [], [], {}
 
     def _publish_partials(self) -> None:
         now = time.monotonic()
+        if now < self._partials_at:  # the common case, cheaply: every due one was sent lately
+            return
+        self._partials_at = np.inf
         for book in self.books.values():
             for g in np.flatnonzero(book.partial_due):
                 if now - book.partial_sent[g] < self._partial_interval:
+                    self._partials_at = min(
+                        self._partials_at, book.partial_sent[g] + self._partial_interval
+                    )
                     continue
                 topic = f"bar_partial.{book.instrument}.{self.granularities[g]}"
                 message = wire.Bars.of(book.instrument, self.granularities[g], book.forming(g))
-                self.pub.send_multipart(wire.frames(topic, message))
+                send_frames(self.pub, wire.frames(topic, message))
                 book.partial_sent[g], book.partial_due[g] = now, False
 
     def history(

@@ -58,7 +58,7 @@ from osm.core.instruments import INSTRUMENTS
 from osm.live.adapters import Book, brokers
 from osm.live.journal import Journal
 from osm.live.risk import Refusal, Risk
-from osm.live.service import Service, now_ns
+from osm.live.service import Service, now_ns, send_frames
 
 POSITIONS_EVERY_S = 1.0
 _INT64 = 2**63
@@ -183,7 +183,7 @@ class Trader(Service):
             self._reply(envelope, "reply", wire.Reply(False, error=error))
 
     def _reply(self, envelope: list[bytes], topic: str, message: wire.Message) -> None:
-        self._requests.send_multipart([*envelope, *wire.frames(topic, message)])
+        send_frames(self._requests, [*envelope, *wire.frames(topic, message)])
 
     def _order(self, message: wire.Order | wire.Target) -> wire.OrderReply:
         kind = "target" if isinstance(message, wire.Target) else "order"
@@ -313,7 +313,7 @@ class Trader(Service):
         return reply
 
     def _publish(self, topic: str, message: wire.Message) -> None:
-        self._events.send_multipart(wire.frames(topic, message))
+        send_frames(self._events, wire.frames(topic, message))
 
     # -- quotes and fills -------------------------------------------------------------------
 

@@ -312,9 +312,12 @@ class Strategy:
             raise ValueError(
                 f"{type(self).__name__}.target returned shape {out.shape}; expected ({len(bars)},)"
             )
-        finite = out[np.isfinite(out)]
-        if finite.size and (finite.min() < -1 - 1e-12 or finite.max() > 1 + 1e-12):
-            raise ValueError(f"{type(self).__name__}.target must stay within [-1, 1]")
+        # One pass in the common case (every value in range or NaN: NaN compares False); an
+        # infinity fails it too but is allowed, so only then are the finite values looked at.
+        if (np.abs(out) > 1 + 1e-12).any():
+            finite = out[np.isfinite(out)]
+            if finite.size and (finite.min() < -1 - 1e-12 or finite.max() > 1 + 1e-12):
+                raise ValueError(f"{type(self).__name__}.target must stay within [-1, 1]")
         return out
 
     @classmethod
