@@ -29,7 +29,7 @@ def test_system_config_round_trips_through_json():
         (
             {"trader": {"risk": {"max_ordr": 5}}},
             r"unknown field `trader\.risk\.max_ordr`\. Did you mean 'max_order'\? The fields of "
-            r"trader\.risk are: max_position, max_order, max_orders_per_minute$",
+            r"trader\.risk are: max_position, max_order, max_orders_per_minute, max_decision_age_s, max_decision_ahead_s$",
         ),
         (
             {"feeds": [{}, {"name": "b", "bach": 3}]},
@@ -159,7 +159,7 @@ def test_feed_kind_is_checked_against_the_source_registry(tmp_path, monkeypatch)
     rundir = RunDir(tmp_path)
     custom = cfg.SystemConfig(feeds=[cfg.FeedConfig(name="q", kind="quiet")])
     assert cfg.load(cfg.SystemConfig, cfg.dump(custom)) == custom  # not a closed list
-    with pytest.raises(ConfigError, match=r"feed 'q': unknown source 'quiet'.*Known: replay"):
+    with pytest.raises(ConfigError, match=r"feed 'q': unknown source 'quiet'. Known: .*replay"):
         preflight.check(rundir, custom)
     typo = cfg.SystemConfig(feeds=[cfg.FeedConfig(name="s", kind="synthetc")])
     with pytest.raises(ConfigError, match="Did you mean 'synthetic'"):
