@@ -209,6 +209,15 @@ def jobs(session: Session, args: argparse.Namespace) -> pd.DataFrame | str:
     return pd.DataFrame(listed).set_index("name") if listed else pd.DataFrame()
 
 
+def schedule(session: Session, args: argparse.Namespace) -> pd.DataFrame:
+    """``%osm schedule [NAME --start CRON --stop CRON | NAME --clear]``: set or clear a job's
+    window as in a terminal; every job's window, open or not, next open and close."""
+    home = RunDir(session.home(args.home)).home
+    listed = cli.schedule_job(home, args)
+    columns = ["name", "schedule", "window_open", "next_open", "next_close"]
+    return pd.DataFrame(listed, columns=columns).set_index("name")
+
+
 def runs(session: Session, args: argparse.Namespace) -> pd.DataFrame:
     from osm.live.jobs import list_runs
 
@@ -239,6 +248,7 @@ ROUTES = {
     "controls": controls,
     "promote": promote,
     "jobs": jobs,
+    "schedule": schedule,
     "runs": runs,
     "logs": terminal_only,
     "keys": terminal_only,

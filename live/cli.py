@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import datetime as dt
 import json
 import os
 import shutil
@@ -536,6 +537,14 @@ def cmd_promote(home: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _window_text(job: dict[str, Any]) -> str:
+    """A job's window for a table: ``0 21 * * 0 .. 0 21 * * 5 (open)``, or ``always``."""
+    window = job["schedule"]
+    if window is None:
+        return "always"
+    return f"{window['start']} .. {window['stop']} ({'open' if job['window_open'] else 'closed'})"
+
+
 def format_jobs(jobs: list[dict[str, Any]]) -> str:
     """The job store's rows, with what the running supervisor says of each where it runs."""
     if not jobs:
@@ -546,6 +555,7 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
             j["notebook"],
             "yes" if j["enabled"] else "no",
             j["state"] + (f" ({j['reason']})" if j["reason"] and j["state"] != "running" else ""),
+            _window_text(j),
             j.get("pid"),
             j["restarts"],
             j.get("targets"),
@@ -558,19 +568,43 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
         ]
         for j in jobs
     ]
-    header = ["JOB", "NOTEBOOK", "ENABLED", "STATE", "PID", "RESTARTS", "DECISIONS", "PARAMETERS"]
+    header = [
+        "JOB",
+        "NOTEBOOK",
+        "ENABLED",
+        "STATE",
+        "WINDOW (UTC)",
+        "PID",
+        "RESTARTS",
+        "DECISIONS",
+        "PARAMETERS",
+    ]
     return _table(header, rows)
+
+
+def _with_window(job: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """`job` (the store's row as plain data) with whether its window is open at `now` and when it
+    next opens and closes (None for a job without a window)."""
+    from osm.live.schedule import Window, window_at
+
+    window = job["schedule"]
+    at = None if window is None else window_at(Window(**window), now)
+    return {
+        **job,
+        "window_open": None if at is None else at.open,
+        "next_open": None if at is None else at.next_open.isoformat(),
+        "next_close": None if at is None else at.next_close.isoformat(),
+    }
 
 
 def list_jobs(home: Path, timeout_s: float) -> list[dict[str, Any]]:
     """The jobs of the store, with the supervisor's live view merged in where a system runs."""
-    import msgspec as _msgspec
-
-    from osm.live.jobs import JobStore
+    from osm.live.jobs import JobStore, utc_now
 
     rundir = RunDir(home)
     with JobStore(rundir) as store:
-        jobs = [_msgspec.to_builtins(j) for j in store.list()]
+        now = utc_now()
+        jobs = [_with_window(msgspec.to_builtins(j), now) for j in store.list()]
     live: dict[str, dict[str, Any]] = {}
     if supervisor.running_pid(rundir) is not None:
         with contextlib.suppress(OsmError), Client(home, timeout_s=timeout_s) as client:
@@ -608,6 +642,78 @@ def cmd_jobs(home: Path, args: argparse.Namespace) -> int:
         else:
             store.enable(args.name, action == "start")
     print(f"job {args.name}: {action} done (the running supervisor acts on it within a second)")
+    return 0
+
+
+def schedule_job(home: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Set (--start/--stop) or clear (--clear) the window of job NAME; return every job's window.
+
+    The jobs of the store as plain data, each with its window, whether it is open now and when it
+    next opens and closes.
+    """
+    from osm.live.jobs import JobStore, utc_now
+    from osm.live.schedule import FX_WEEK, window
+
+    given = args.start is not None or args.stop is not None
+    if (given or args.clear) and not args.name:
+        raise ConfigError(
+            "osm schedule needs the job's name: osm schedule NAME --start .. --stop .."
+        )
+    if args.clear and given:
+        raise ConfigError("osm schedule takes --clear or --start and --stop, not both")
+    if given and (args.start is None or args.stop is None):
+        raise ConfigError(
+            f"osm schedule {args.name} needs both --start and --stop, e.g. the FX week: "
+            f"--start {FX_WEEK[0]!r} --stop {FX_WEEK[1]!r} (cron, UTC)"
+        )
+    if args.name and not (given or args.clear):
+        raise ConfigError(
+            f"osm schedule {args.name} needs --start CRON --stop CRON, or --clear to run it "
+            "whenever it is enabled"
+        )
+    with JobStore(RunDir(home)) as store:
+        if args.name:
+            store.schedule(args.name, None if args.clear else window(args.start, args.stop))
+        now = utc_now()
+        return [_with_window(msgspec.to_builtins(j), now) for j in store.list()]
+
+
+def format_schedule(jobs: list[dict[str, Any]]) -> str:
+    """Each job's window (UTC) and when it next opens and closes."""
+    if not jobs:
+        return "no jobs (osm promote registers one)"
+
+    def when(text: str | None) -> str | None:
+        return None if text is None else text.replace("T", " ").removesuffix("+00:00")
+
+    rows = [
+        [
+            j["name"],
+            *(
+                ["always (no window)", None, None, None]
+                if j["schedule"] is None
+                else [
+                    j["schedule"]["start"],
+                    j["schedule"]["stop"],
+                    "open" if j["window_open"] else "closed",
+                    when(j["next_close"] if j["window_open"] else j["next_open"]),
+                ]
+            ),
+        ]
+        for j in jobs
+    ]
+    return _table(["JOB", "START (UTC)", "STOP (UTC)", "NOW", "NEXT CHANGE (UTC)"], rows)
+
+
+def cmd_schedule(home: Path, args: argparse.Namespace) -> int:
+    jobs = schedule_job(home, args)
+    if args.name:
+        done = "cleared: it runs whenever enabled" if args.clear else "set"
+        print(f"job {args.name}: window {done} (the running supervisor acts on it within a second)")
+    if args.json:
+        _print_json(jobs)
+    else:
+        print(format_schedule(jobs))
     return 0
 
 
@@ -741,6 +847,18 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--param", action="append", metavar="NAME=VALUE", help="add: a parameter")
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(func=cmd_jobs)
+
+    schedule = sub.add_parser(
+        "schedule",
+        parents=[common],
+        help="a job's window: runs from each --start firing to the next --stop (cron, UTC)",
+    )
+    schedule.add_argument("name", nargs="?", help="the job (none: list every job's window)")
+    schedule.add_argument("--start", metavar="CRON", help="opens the window, e.g. '0 21 * * 0'")
+    schedule.add_argument("--stop", metavar="CRON", help="closes the window, e.g. '0 21 * * 5'")
+    schedule.add_argument("--clear", action="store_true", help="no window: run whenever enabled")
+    schedule.add_argument("--json", action="store_true")
+    schedule.set_defaults(func=cmd_schedule)
 
     runs = sub.add_parser("runs", parents=[common], help="archived job runs (output notebooks)")
     runs.add_argument("job", nargs="?")

@@ -6,7 +6,8 @@ to the system running in ``home`` and runs :class:`osm.live.brain.Brain`, the ve
 configured brain runs (warm-up from the router's history, one decision per closed bar), in the
 kernel's main thread until SIGTERM or `until`. Its heartbeats carry the token the supervisor gave
 the job (``OSM_PROCESS_TOKEN``, inherited through papermill), which is how the supervisor knows
-them for the job's whatever the kernel's pid. Its log goes to ``logs/JOB.log``, not to the cells.
+them for the job's whatever the kernel's pid. Its log goes to ``logs/JOB.log``, not to the cells,
+and rotates (:func:`osm.live.jobs.rotating_handler`): a brain runs for weeks.
 
 A parameter that is missing or wrong raises a :class:`~osm.core.errors.ConfigError` at once, with
 one line that says which and how to fix it; an exception of the strategy is raised out of the cell,
@@ -28,8 +29,8 @@ from osm.core import config as cfg
 from osm.core.errors import ConfigError, OsmError
 from osm.core.rundir import RunDir
 from osm.live.brain import Brain
+from osm.live.jobs import rotating_handler
 from osm.live.preflight import importable_from
-from osm.live.process import configure_logging
 from osm.strategies.base import load_strategy
 
 REQUIRED = ("strategy", "job", "home")
@@ -141,7 +142,7 @@ def run_brain(
         raise ConfigError(f"job {spec.name!r} has the name of a process of the system; rename it")
     cfg.check_system(msgspec.structs.replace(system, brains=[spec]))
     until_ns = _until_ns(until)
-    configure_logging(rundir, spec.name)
+    log_to(rundir, spec.name)
     brain = _JobBrain(spec.name, rundir, system, endpoints, spec=spec)
     brain.until_ns = until_ns
     with importable_from(system.python_path):
@@ -151,6 +152,13 @@ def run_brain(
             if not brain.bus.context.closed:  # setup failed before the loop could close it
                 brain.bus.close()
     return summarise(rundir, spec, brain)
+
+
+def log_to(rundir: RunDir, job: str) -> None:
+    """Send the kernel's logging to the job's rotating ``logs/JOB.log`` (none to the cells)."""
+    root = logging.getLogger()
+    root.handlers[:] = [rotating_handler(rundir.log_path(job))]
+    root.setLevel(logging.INFO)
 
 
 def _until_ns(until: str | None) -> int | None:

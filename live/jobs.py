@@ -1,10 +1,11 @@
 """Jobs: notebooks the supervisor runs with papermill (live brains first), and their store.
 
 **The store** is ``db/jobs.sqlite`` in the run directory (SQLite, WAL): one row per job with its
-notebook, its papermill parameters (JSON), an optional cron schedule (kept, not yet acted on),
-whether it is enabled, and what the supervisor last said of it (state, restarts, reason). The
-command line (``osm promote``, ``osm jobs``) writes it while the system runs; the supervisor reads
-it every RELOAD_S, so a job added, stopped or removed is acted on within a second.
+notebook, its papermill parameters (JSON), an optional window (:mod:`osm.live.schedule`: a start
+and a stop cron), whether it is enabled, and what the supervisor last said of it (state, restarts,
+reason). The command line (``osm promote``, ``osm jobs``, ``osm schedule``) writes it while the
+system runs; the supervisor reads it every RELOAD_S, so a job added, stopped, rescheduled or
+removed is acted on within a second.
 
 **The runner** (:class:`JobRunner`, driven by the supervisor's loop) starts each enabled job as
 ``python -m papermill NOTEBOOK runs/JOB/STAMP.ipynb -f runs/JOB/STAMP.parameters.json`` in a
@@ -25,6 +26,18 @@ most ``max_restarts`` times in a row: a job that then runs healthy for HEALTHY_S
 its restarts toward the cap reset, so a brain that crashes once a day is never given up. A job
 whose notebook failed with a configuration error (a missing or wrong parameter) would fail again
 and is marked failed at once, with the error as its reason.
+
+**A window** makes a job run only while it is open: the runner starts the job when it opens (once
+per opening: a job that finishes inside its window waits for the next), stops it as it closes
+(the same SIGTERM as `osm jobs stop`, so the summary is written and papermill exits 0; the job is
+then ``waiting``), restarts a crash only while the window is open and leaves a crash after the
+close to the next opening. Windows are judged on ``now()``, an injectable UTC clock; backoff and
+heartbeats on the monotonic ``clock``.
+
+**Logs rotate**: a run's papermill log ``runs/JOB/STAMP.log`` is copied to ``STAMP.log.1`` (older
+generations shifted up to LOG_BACKUPS) and truncated once it passes LOG_MAX_BYTES (papermill
+appends, so it writes on at the start of the emptied file), and the brain's ``logs/JOB.log``
+rotates the same way through :func:`rotating_handler`.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import datetime as dt
 import hmac
 import json
 import logging
+import logging.handlers
 import os
 import re
 import secrets
@@ -42,6 +56,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +67,8 @@ import psutil
 from osm.core import wire
 from osm.core.errors import CONFIG_ERRORS, ConfigError, UnknownNameError
 from osm.core.rundir import PRIVATE_DIR, RunDir, write_atomic
+from osm.live.schedule import Window, WindowState, window_at
+from osm.live.schedule import window as checked_window
 from osm.live.service import PROCESS_TOKEN_ENV
 
 RELOAD_S = 1.0  # how often the store is read for added, stopped and removed jobs
@@ -60,6 +77,8 @@ STARTUP_GRACE_S = 180.0  # papermill, a kernel, numba and pandas imports and the
 STOP_GRACE_S = 15.0  # SIGTERM to SIGKILL: time for the summary cell and the output notebook
 HEALTHY_S = 30.0  # a job up and beating this long has its restarts toward the cap forgiven
 BACKOFF_CAP_S = 30.0
+LOG_MAX_BYTES = 10 * 2**20  # a job's log past this size rotates
+LOG_BACKUPS = 3  # rotated generations kept: LOG.1 (newest) to LOG.3
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 _CONFIG_ERROR_NAMES = {cls.__name__ for cls in CONFIG_ERRORS} | {"UsageError"}
@@ -86,11 +105,15 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     notebook: str  # a notebook shipped in osm.live.notebooks by stem ("live_brain"), or a path
     parameters: dict[str, Any] = {}
-    schedule: str | None = None  # cron expression of the job's window (not acted on yet)
+    schedule: Window | None = None  # runs only while open; None: whenever enabled
     enabled: bool = True
     state: str = "registered"  # what the supervisor last said: see JobRunner
     restarts: int = 0
     reason: str = ""
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def check_name(name: str) -> str:
@@ -132,14 +155,19 @@ class JobStore:
         self.close()
 
     def add(self, job: Job, replace: bool = False) -> None:
-        """Register `job`; with `replace`, a job of that name is replaced (and enabled)."""
+        """Register `job`; with `replace`, a job of that name is replaced (and enabled), keeping
+        its window unless `job` gives one."""
         check_name(job.name)
         notebook_path(job.notebook)
-        if self.get(job.name) is not None and not replace:
+        existing = self.get(job.name)
+        if existing is not None and not replace:
             raise ConfigError(
                 f"a job named {job.name!r} exists; remove it (osm jobs remove {job.name}) or "
                 "pass --replace"
             )
+        window = job.schedule or (existing.schedule if existing else None)
+        if window is not None:
+            window = checked_window(window.start, window.stop)
         now = time.time_ns()
         self._db.execute(
             "INSERT OR REPLACE INTO jobs (name, notebook, parameters, schedule, enabled, state, "
@@ -149,7 +177,7 @@ class JobStore:
                 job.name,
                 job.notebook,
                 json.dumps(job.parameters),
-                job.schedule,
+                _encode_window(window),
                 int(job.enabled),
                 now,
                 now,
@@ -166,6 +194,17 @@ class JobStore:
             ", restarts = 0, reason = '', state = 'registered'" if enabled else ""
         )
         changed = self._db.execute(f"{sql} WHERE name = ?", (int(enabled), time.time_ns(), name))
+        if changed.rowcount == 0:
+            raise UnknownNameError("job", name, [j.name for j in self.list()])
+
+    def schedule(self, name: str, window: Window | None) -> None:
+        """Give a job the `window` it runs in (checked), or None to run it whenever enabled."""
+        if window is not None:
+            window = checked_window(window.start, window.stop)
+        changed = self._db.execute(
+            "UPDATE jobs SET schedule = ?, updated_ns = ? WHERE name = ?",
+            (_encode_window(window), time.time_ns(), name),
+        )
         if changed.rowcount == 0:
             raise UnknownNameError("job", name, [j.name for j in self.list()])
 
@@ -189,7 +228,7 @@ class JobStore:
                 name=name,
                 notebook=notebook,
                 parameters=json.loads(parameters),
-                schedule=schedule,
+                schedule=None if schedule is None else msgspec.json.decode(schedule, type=Window),
                 enabled=bool(enabled),
                 state=state,
                 restarts=restarts,
@@ -197,6 +236,43 @@ class JobStore:
             )
             for name, notebook, parameters, schedule, enabled, state, restarts, reason in rows
         ]
+
+
+def _encode_window(window: Window | None) -> str | None:
+    return None if window is None else msgspec.json.encode(window).decode()
+
+
+def rotate(path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> bool:
+    """Copy `path` to ``path.1`` and empty it once it passed `max_bytes` (True: it did).
+
+    The generations before move up one (``.1`` to ``.2``...), the oldest past `backups` is
+    dropped. The file is emptied in place, not replaced, because a process that appends to it
+    (papermill, through the fd it inherited) writes on at its new end.
+    """
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for n in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{n + 1}"))
+    with open(path, "rb") as source, open(path.with_name(f"{path.name}.1"), "wb") as copy:
+        os.fchmod(copy.fileno(), 0o600)
+        while chunk := source.read(2**20):
+            copy.write(chunk)
+    os.truncate(path, 0)
+    return True
+
+
+def rotating_handler(
+    path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS
+) -> logging.Handler:
+    """A log file handler that rotates as :func:`rotate` does (``LOG.1`` the newest)."""
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
 
 
 def runs_dir(rundir: RunDir, job: str) -> Path:
@@ -250,7 +326,9 @@ class Run:
 
     job: Job
     popen: subprocess.Popen | None = None
-    state: str = "starting"  # starting, running, backoff, failed, exited, stopped
+    # registered (not started yet), starting, running, backoff, failed, exited, stopped, waiting
+    # (for its window to open)
+    state: str = "registered"
     token: str = ""
     started: float = 0.0
     last_beat: float | None = None
@@ -261,6 +339,8 @@ class Run:
     exit_code: int | None = None
     reason: str = ""
     output: Path | None = None
+    opened: dt.datetime | None = None  # the opening of the window it last started in
+    window: WindowState | None = None  # of job.schedule, judged again when it changes
     tree: dict[int, float] = field(default_factory=dict)  # pid: create time, below papermill
     next_tree: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
@@ -277,7 +357,9 @@ class JobRunner:
         backoff_s: float,
         stall_s: float,
         env: dict[str, str] | None = None,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] = utc_now,
+        log_max_bytes: int = LOG_MAX_BYTES,
     ) -> None:
         self.rundir, self.max_restarts, self.backoff_s, self.stall_s = (
             rundir,
@@ -286,7 +368,7 @@ class JobRunner:
             stall_s,
         )
         self.env = dict(env or os.environ)
-        self.clock = clock
+        self.clock, self.now, self.log_max_bytes = clock, now, log_max_bytes
         self.log = logging.getLogger("osm.jobs")
         self.runs: dict[str, Run] = {}
         self.store = JobStore(rundir)
@@ -336,6 +418,7 @@ class JobRunner:
                 "heartbeat_age_s": None if run.last_beat is None else round(now - run.last_beat, 3),
                 "output": str(run.output) if run.output else None,
                 "counters": run.counters,
+                "window_open": None if run.window is None else run.window.open,
             }
             for name, run in sorted(self.runs.items())
         ]
@@ -354,11 +437,22 @@ class JobRunner:
                     self._stop(run, "stopped")
                 continue
             restart = run is not None and run.popen is None and job.state == "registered"
-            if run is None or (restart and run.state in ("stopped", "failed", "exited")):
-                run = self.runs[name] = Run(job)
-                self._launch(run)
+            if run is None or (restart and run.state in ("stopped", "failed", "exited", "waiting")):
+                self.runs[name] = Run(job)  # started by _watch, now or when its window opens
             else:
+                if job.schedule != run.job.schedule:
+                    run.window = None
                 run.job = job
+
+    def _window(self, run: Run) -> WindowState | None:
+        """Where the job's window is now (None: it has none), judged again when it changes."""
+        if run.job.schedule is None:
+            run.window = None
+            return None
+        now = self.now()
+        if run.window is None or now >= run.window.changes:
+            run.window = window_at(run.job.schedule, now)
+        return run.window
 
     def _launch(self, run: Run) -> None:
         job = run.job
@@ -388,6 +482,7 @@ class JobRunner:
                 start_new_session=True,  # its own group: a signal to ours does not reach it
             )
         run.state, run.started, run.last_beat = "starting", self.clock(), None
+        run.opened = run.window.opened if run.window is not None else None
         run.exit_code, run.tree, run.next_tree, run.counters = None, {}, 0.0, {}
         self.log.info(
             "started job %s (papermill pid %d) -> %s", job.name, run.popen.pid, run.output
@@ -395,15 +490,15 @@ class JobRunner:
         self._report(run)
 
     def _watch(self, run: Run, now: float) -> None:
+        window = self._window(run)
         if run.popen is None:
-            if run.state == "backoff" and now >= run.next_start:
-                run.restarts += 1
-                run.recent += 1
-                self._launch(run)
+            self._idle(run, window, now)
             return
         if now >= run.next_tree:
             run.next_tree = now + TREE_S
             self._remember_tree(run)
+            if run.output is not None:
+                rotate(run.output.with_suffix(".log"), self.log_max_bytes)
         code = run.popen.poll()
         if code is not None:
             run.popen, run.exit_code = None, code
@@ -417,8 +512,14 @@ class JobRunner:
                 run.state, run.reason = "failed", error
                 self.log.error("job %s cannot run as given; not restarted: %s", run.job.name, error)
                 self._report(run)
+            elif window is not None and not window.open:
+                self._wait(run, window, f"{error or f'exited with code {code}'} after its window")
             else:
                 self._failed(run, error or f"papermill exited with code {code}", now)
+            return
+        if window is not None and not window.open:
+            self._stop(run, "waiting")
+            self._wait(run, window, "its window closed")
             return
         silent = now - (run.last_beat if run.last_beat is not None else run.started)
         limit = self.stall_s if run.last_beat is not None else STARTUP_GRACE_S
@@ -430,6 +531,32 @@ class JobRunner:
             self._failed(run, f"no heartbeat for {silent:.0f} s; killed", now)
         elif run.last_beat is not None and now - run.started > HEALTHY_S:
             run.failures = run.recent = 0
+
+    def _idle(self, run: Run, window: WindowState | None, now: float) -> None:
+        """A job with no process: start it, restart it after its backoff, or leave it."""
+        if run.state == "backoff":
+            if window is not None and not window.open:
+                self._wait(run, window, f"{run.reason}; not restarted")
+            elif now >= run.next_start:
+                run.restarts += 1
+                run.recent += 1
+                self._launch(run)
+        elif run.state not in ("registered", "waiting", "exited"):
+            return  # failed or stopped: until `osm jobs start`
+        elif window is None:
+            if run.state != "exited":
+                self._launch(run)
+        elif window.open and window.opened != run.opened:
+            run.failures = 0  # a new window: no backoff left from the last one
+            self._launch(run)
+        elif not window.open and run.state == "registered":
+            self._wait(run, window, "its window is closed")
+
+    def _wait(self, run: Run, window: WindowState, why: str) -> None:
+        """Leave the job until its window next opens."""
+        run.state, run.reason = "waiting", f"{why}; opens {_utc(window.next_open)}"
+        self.log.info("job %s waits: %s", run.job.name, run.reason)
+        self._report(run)
 
     def _ended(self, run: Run) -> str | None:
         """Archive how the run ended beside its notebook; return its error (None: none)."""
@@ -516,6 +643,10 @@ class JobRunner:
             self.store.report(run.job.name, run.state, run.restarts, run.reason)
         except sqlite3.Error as exc:  # the status socket still says it; the table is advisory
             self.log.warning("cannot record job %s in the store: %s", run.job.name, exc)
+
+
+def _utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _last_line(path: Path) -> str | None:
