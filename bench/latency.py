@@ -28,9 +28,12 @@ the same target, after one more SQLite commit). The brain imports :class:`Flip` 
 as ``latency:Flip`` (the child processes get this folder on PYTHONPATH).
 
 Raw pyzmq: a child process echoes [topic, payload] messages of the tick's size from a PULL to a
-PUSH; one-way latency is half of each ping-pong round trip, one message in flight at a time.
+PUSH; one-way latency is half of each ping-pong round trip, one message in flight at a time. The
+floor: the same message round a ring of three such echo processes (the stops of osm's path doing
+nothing), minus one raw hop as for osm; ``floor_ratio`` is that floor against raw one-way, and
+``osm_over_floor`` says how much of osm's figure is its work rather than message passing.
 
-Prints progress to stderr and one JSON line to stdout (goal: osm p50 within 10x raw one-way p50).
+Prints progress to stderr and one JSON line to stdout (goal: osm p50 within 5x raw one-way p50).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ SAMPLE_TIMEOUT_S = 10.0
 RAW_ROUNDS = 2000
 RAW_WARMUP = 200
 STAGES = ("bar", "ack", "order", "fill")
-GOAL = "p50 within 10x raw one-way"
+GOAL = "p50 within 5x raw one-way"
 
 _RAW_ECHO = """
 import os, sys, zmq
@@ -122,20 +125,28 @@ def client_id(k: int) -> str:
 # -- raw pyzmq ---------------------------------------------------------------------------------
 
 
-def raw_one_way_ns(folder: Path, context: zmq.Context, rounds: int) -> np.ndarray:
-    """One-way latencies (half round trips) of ping-pong with an echo process, on ipc."""
-    there, back = f"ipc://{folder}/ping", f"ipc://{folder}/pong"
-    echo = subprocess.Popen([sys.executable, "-c", _RAW_ECHO, there, back])
+def round_trips_ns(folder: Path, context: zmq.Context, relays: int, rounds: int) -> np.ndarray:
+    """Round trips of a tick-sized message through `relays` echo processes in a ring, on ipc.
+
+    One relay is raw pyzmq ping-pong (one-way: half a round trip). Three relays are the hops of
+    osm's path (feeder -> router -> brain -> trader -> back here) with nothing done at any stop:
+    the floor that message passing between Python processes sets for the system's figure.
+    """
+    addresses = [f"ipc://{folder}/relay{relays}-{i}" for i in range(relays + 1)]
+    echoes = [
+        subprocess.Popen([sys.executable, "-c", _RAW_ECHO, addresses[i], addresses[i + 1]])
+        for i in range(relays)
+    ]
     push, pull = context.socket(zmq.PUSH), context.socket(zmq.PULL)
     try:
         for sock in (push, pull):
             sock.setsockopt(zmq.LINGER, 0)
-        pull.bind(back)
-        push.connect(there)
+        pull.bind(addresses[-1])
+        push.connect(addresses[0])
         frames = tick_frames(0)
         push.send_multipart(frames)
         if not pull.poll(30_000):
-            raise RuntimeError("the raw echo process did not answer")
+            raise RuntimeError("the echo processes did not answer")
         pull.recv_multipart()
         out = np.empty(rounds, np.int64)
         for i in range(-RAW_WARMUP, rounds):
@@ -144,10 +155,11 @@ def raw_one_way_ns(folder: Path, context: zmq.Context, rounds: int) -> np.ndarra
             pull.recv_multipart()
             if i >= 0:
                 out[i] = time.perf_counter_ns() - begin
-        return out // 2
+        return out
     finally:
-        echo.kill()
-        echo.wait()
+        for echo in echoes:
+            echo.kill()
+            echo.wait()
         push.close()
         pull.close()
 
@@ -345,14 +357,21 @@ def _us(values: np.ndarray, q: float = 50) -> float:
     return round(float(np.percentile(values, q)) / 1000, 1)
 
 
-def report(stages: dict[str, np.ndarray], raw: np.ndarray, counters: dict) -> dict[str, Any]:
+def report(
+    stages: dict[str, np.ndarray], raw: np.ndarray, relayed: np.ndarray, counters: dict
+) -> dict[str, Any]:
     """Log the stage table and the processes' counters; return the result line."""
     hop = float(np.percentile(raw, 50))
+    floor = (float(np.percentile(relayed, 50)) - hop) / 1000  # minus the hop back, as osm's
     log("stage (us from the tick's send)   p50      p90      p99      max")
     for stage, values in stages.items():
         row = [_us(values, q) for q in (50, 90, 99, 100)]
         log(f"  {stage:<32}" + "".join(f"{v:>9}" for v in row))
     log(f"  {'raw one-way':<32}" + "".join(f"{_us(raw, q):>9}" for q in (50, 90, 99, 100)))
+    log(
+        f"  {'3 relays, round trip':<32}"
+        + "".join(f"{_us(relayed, q):>9}" for q in (50, 90, 99, 100))
+    )
     for name, values in sorted(counters.items()):
         bad = {k: v for k, v in values.items() if k.startswith(("rejected", "errors"))}
         log(f"{name} counters: {msgspec.json.encode(values).decode()}")
@@ -372,6 +391,9 @@ def report(stages: dict[str, np.ndarray], raw: np.ndarray, counters: dict) -> di
         "raw_one_way_p99_us": _us(raw, 99),
         "p50_ratio": round(osm_p50 / raw_p50, 1),
         "goal": GOAL,
+        "floor_p50_us": round(floor, 1),
+        "floor_ratio": round(floor / raw_p50, 1),
+        "osm_over_floor": round(osm_p50 / floor, 1),
         "osm_gross_p50_us": _us(order, 50),
         "osm_gross_p99_us": _us(order, 99),
         "fill_p50_us": round((float(np.percentile(stages["fill"], 50)) - hop) / 1000, 1),
@@ -393,10 +415,11 @@ def main(argv: list[str] | None = None) -> None:
     keep = False
     try:
         log("raw pyzmq ping-pong on ipc...")
-        raw = raw_one_way_ns(home, context, RAW_ROUNDS)
-        log(f"raw one-way p50 {_us(raw)} us; starting osm processes")
+        raw = round_trips_ns(home, context, 1, RAW_ROUNDS) // 2
+        relayed = round_trips_ns(home, context, 3, RAW_ROUNDS)
+        log(f"raw one-way p50 {_us(raw)} us, 3 relays {_us(relayed)} us; starting osm processes")
         measured = measure_osm(home, context, args.samples, args.warmup)
-        result = report(measured["stages"], raw, measured["counters"])
+        result = report(measured["stages"], raw, relayed, measured["counters"])
     except RuntimeError:  # a process died or stopped answering: its log says why
         keep = True
         raise
