@@ -318,8 +318,12 @@ class Router(Service):
         for g, count in enumerate(self._closed_counts.tolist()):
             if count:
                 bars = self._closed_rows[g, :count]
+                closed = wire.Bars.of(book.instrument, self.granularities[g], bars)
+                # Out at once: a brain waits on this bar, and nothing below changes it.
+                topic = f"bar.{book.instrument}.{self.granularities[g]}"
+                send_frames(self.pub, wire.frames(topic, closed))
                 book.series[g].extend(bars)
-                self._closed.append(wire.Bars.of(book.instrument, self.granularities[g], bars))
+                self._closed.append(closed)
                 self.counters["bars_closed"] += count
         accepted = wire.Ticks.of(book.instrument, ticks, feed)
         self._ticks_out.append(wire.frames(f"tick.{book.instrument}", accepted))
@@ -343,17 +347,17 @@ class Router(Service):
             self.store.sync()
 
     def _commit(self) -> None:
-        """Publish the round, journal it, then acknowledge it: an ack means it is durable.
+        """Publish the round's ticks, journal the round, then acknowledge it: an ack means it is
+        durable.
 
-        Publishing first keeps the journal write off the tick-to-bar path. A bar published but not
+        Its closed bars went out as they closed (:meth:`_apply`), so neither the journal write nor
+        the rest of a drained burst is on the tick-to-bar path. A bar published but not
         journaled when the router dies is rebuilt, identical, from the ticks the feeder resends
         (they were never acknowledged), and subscribers drop the repeat by its open time.
         """
         changed = [b for b in self.books.values() if b.changed]
         if not (self._closed or changed or self._replies):
             return
-        for bars in self._closed:
-            send_frames(self.pub, wire.frames(f"bar.{bars.instrument}.{bars.granularity}", bars))
         for frames in self._ticks_out:
             send_frames(self.pub, frames)
         if self.store is not None:
