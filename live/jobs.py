@@ -563,7 +563,9 @@ class JobRunner:
         if run.output is None:
             return None
         error = notebook_error(run.output)
-        if error is None and run.exit_code:
+        if error is None and run.exit_code is not None and run.exit_code < 0:
+            error = f"papermill was killed by {signal.Signals(-run.exit_code).name}"
+        elif error is None and run.exit_code:
             error = _last_line(run.output.with_suffix(".log"))  # papermill's: "DeadKernelError..."
         result = {"exit_code": run.exit_code, "error": error}
         with contextlib.suppress(OSError):
