@@ -15,8 +15,10 @@ child gets the config's ``python_path`` on its PYTHONPATH, so strategies import 
 grace period, and removes ``endpoints.json`` and the pid file.
 
 A feeder starts only once every brain trading one of its instruments is warm (its heartbeat counts a
-warm-up) or gone (failed, exited), or has run WARM_WAIT_S without warming up: a replay then waits
-for its brains instead of racing them, and they decide its first bar as they decide its last. A
+warm-up) or gone (failed, exited, stopped), or has run WARM_WAIT_S without warming up: a replay then
+waits for its brains instead of racing them, and they decide its first bar as they decide its last.
+The brains waited for are the configured ones and the jobs enabled at start whose parameters name
+one of the feed's instruments (live brains run by papermill, started before the feeders). A
 restarted feeder does not wait again.
 
 Endpoints are planned once per system, so a restarted child binds or connects the same addresses
@@ -60,7 +62,7 @@ STALL_INTERVALS = 10  # heartbeat intervals without a beat before a process coun
 MIN_STALL_S = 5.0  # ...but never less: a loaded machine delays beats by seconds
 STARTUP_GRACE_S = 60.0  # the first beat may wait for numba, pandas and pyarrow imports
 WARM_WAIT_S = 60.0  # longest a feeder waits for a running brain to warm up before it starts
-_GONE = ("failed", "exited")
+_GONE = ("failed", "exited", "stopped")
 BACKOFF_CAP_S = 10.0  # longest wait before a restart
 HEALTHY_S = 30.0  # a process up this long has its backoff reset
 STOP_GRACE_S = 10.0  # SIGTERM to SIGKILL, per stopping phase
@@ -121,13 +123,22 @@ class Supervisor(Service):
         self._control = self.bus.bind(zmq.REP, "supervisor_control")
         self.on(self._telemetry_in, self._on_telemetry)
         self.on(self._control, self._on_control)
+        self.jobs = self._job_runner()
+        self.jobs.watch()  # live-brain jobs start now, so that a replay can wait for them
+        feeds = {f.name: f for f in self.config.feeds}
         for child in self.children:
+            if child.role == "feeder":
+                instruments = feeds[child.name].instruments
+                child.waits_for += tuple(
+                    name
+                    for name, run in self.jobs.runs.items()
+                    if run.job.parameters.get("instrument") in instruments
+                )
             if child.waits_for:
                 child.state = "waiting"
                 child.reason = f"for {', '.join(child.waits_for)} to warm up"
             else:
                 self._launch(child)
-        self.jobs = self._job_runner()
 
     def _job_runner(self) -> JobRunner:
         """The jobs of ``db/jobs.sqlite`` (papermill notebooks): see :mod:`osm.live.jobs`."""
@@ -213,13 +224,18 @@ class Supervisor(Service):
 
     def _brains_ready(self, child: Child, now: float) -> bool:
         """Whether every brain `child` waits for is warm or gone; or, running, too slow to warm."""
-        brains = [self._by_name[name] for name in child.waits_for]
-        cold = [b for b in brains if not b.counters.get("warmups") and b.state not in _GONE]
+        # A job's run (None once the job is removed) or a configured brain's child.
+        brains = {n: self._by_name.get(n) or self.jobs.runs.get(n) for n in child.waits_for}
+        cold = {
+            name: b
+            for name, b in brains.items()
+            if b is not None and not b.counters.get("warmups") and b.state not in _GONE
+        }
         if not cold:
             return True
-        if any(b.state != "running" or now - b.started < WARM_WAIT_S for b in cold):
+        if any(b.state != "running" or now - b.started < WARM_WAIT_S for b in cold.values()):
             return False
-        names = ", ".join(b.name for b in cold)
+        names = ", ".join(cold)
         self.log.warning("%s starts although %s did not warm up", child.name, names)
         return True
 
