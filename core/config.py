@@ -215,6 +215,8 @@ class TraderConfig(_Config):
         100_000.0
     )
     risk: RiskLimits = RiskLimits()
+    # The broker adapter's own settings, checked by it (oanda: account, environment, ...).
+    adapter: dict[str, Any] = {}
     # "normal": the order journal survives any process crash; "full": power loss too (slower).
     journal_sync: Literal["normal", "full"] = "normal"
 

@@ -154,6 +154,17 @@ class Journal:
         row = self._db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
         return dict(row) if row else None
 
+    def knows(self, client_id: str) -> bool:
+        """Whether an order `client_id` is journaled."""
+        found = self._db.execute("SELECT 1 FROM orders WHERE client_id = ?", (client_id,))
+        return found.fetchone() is not None
+
+    def adopt(self, fill: wire.Fill, now_ns: int) -> None:
+        """Journal the order behind a fill the broker reports and nobody here sent."""
+        order = wire.Order(fill.brain, fill.instrument, fill.units, fill.client_id, fill.time_ns)
+        reason = "adopted: a fill of the broker's own (stop-loss, take-profit or manual trade)"
+        self.record(order, "order", "new", now_ns, reason=reason)
+
     def mark(self, client_id: str, status: str, now_ns: int, reason: str = "") -> None:
         self._db.execute(
             "UPDATE orders SET status = ?, reason = ?, updated_ns = ? WHERE client_id = ?",

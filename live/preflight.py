@@ -41,6 +41,10 @@ def check(rundir: RunDir, config: cfg.SystemConfig, fresh: bool = False) -> None
     run's bars, feed positions and orders are set aside, so without reading them)."""
     cfg.check_system(config)
     brokers.factory(config.trader.broker)
+    if config.trader.broker == "oanda":  # its settings and token, before any process starts
+        from osm.live.adapters.oanda.broker import check as check_oanda
+
+        check_oanda(config.trader, rundir.home)
     with importable_from(config.python_path):
         for brain in config.brains:
             load_strategy(brain.strategy)(**brain.params)

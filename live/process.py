@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from osm.core import config as cfg
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True)
     args = parser.parse_args(argv)
     rundir = RunDir(args.home)
+    os.environ["OSM_HOME"] = str(rundir.home)  # what adapters read their key files under
     configure_logging(rundir, args.name)
     try:
         config = cfg.load(cfg.SystemConfig, rundir.config_path.read_bytes())

@@ -92,6 +92,7 @@ class Trader(Service):
         self._default_validity_ns = int(config.risk.max_decision_age_s * 1e9)
         self._ahead_ns = int(config.risk.max_decision_ahead_s * 1e9)
         self._decided: dict[tuple[str, str], int] = {}  # newest target's after_ns per brain
+        self._cursor = ""  # the broker's transaction cursor as last persisted
         if hasattr(self.broker, "expiry"):
             self.broker.expiry = self._deadline
         self._recover()
@@ -118,6 +119,7 @@ class Trader(Service):
 
     def idle(self) -> None:
         self._drain()
+        self._follow_broker()
         if time.monotonic() >= self._next_positions:
             self._next_positions = time.monotonic() + POSITIONS_EVERY_S
             for position in self.broker.positions():
@@ -144,6 +146,8 @@ class Trader(Service):
                 continue
             self.journal.mark(order.client_id, "refused", now, f"expired: {refusal.text}")
             self.reject(refusal.code, f"{order.client_id} (open at restart): {refusal.text}")
+        if hasattr(self.broker, "cursor"):  # a venue's: its transactions since the last one seen
+            self.broker.cursor = self.journal.get_meta("broker_cursor") or ""
         lost = set(self.broker.restore(recovered.books, recovered.balance, open_orders))
         for order in open_orders:
             if order.client_id in lost:
@@ -154,6 +158,7 @@ class Trader(Service):
         halted = self.journal.get_meta("halted")
         if halted is not None:
             self.risk.halt(halted)
+        self._follow_broker()
         self.log.info(
             "recovered %d positions, %d open orders (%d lost)%s",
             sum(1 for b in self._books.values() if b.units), len(open_orders), len(lost),
@@ -258,6 +263,18 @@ class Trader(Service):
                 mine += order.units if order.brain == brain else 0
         return mine, total
 
+    def _follow_broker(self) -> None:
+        """Persist a venue broker's transaction cursor once the fills up to it are journaled (the
+        last :meth:`_drain` did that), and halt on what the broker cannot reconcile."""
+        cursor = getattr(self.broker, "cursor", None)
+        if cursor and cursor != self._cursor:
+            self.journal.set_meta("broker_cursor", cursor)
+            self._cursor = cursor
+        reason = getattr(self.broker, "halt_reason", None)
+        if reason:
+            self.broker.halt_reason = None
+            self._halt(reason)
+
     def _execute(
         self, order: wire.Order, kind: str, target: int | None, flatten: bool = False
     ) -> wire.OrderReply:
@@ -359,6 +376,15 @@ class Trader(Service):
         for fill in fills:
             book = dataclasses.replace(self._books.get(fill.instrument, Book()))
             book.apply(fill.units, fill.price, fill.commission)
+            if not self.journal.knows(fill.client_id):
+                # No order of ours: the venue's own (a stop-loss, a take-profit, a trade placed
+                # by hand). It is the account's position all the same, so it is journaled.
+                self.journal.adopt(fill, now_ns())
+                self.counters["fills_adopted"] += 1
+                self.log.warning(
+                    "adopted a fill of no order of ours: %s %+d %s at %s",
+                    fill.client_id, fill.units, fill.instrument, fill.price,
+                )  # fmt: skip
             if not self.journal.record_fill(fill, book, now_ns()):
                 self.reject("duplicate_fill", fill.client_id)
                 continue

@@ -1,6 +1,6 @@
 """Broker adapters, one folder each, registered by name.
 
-``paper`` is built in. Another package adds a broker by declaring an entry point in the group
+``paper`` and ``oanda`` are built in. Another package adds a broker by declaring an entry point in the group
 ``osm.brokers`` whose value is a factory ``(TraderConfig) -> Broker``; ``TraderConfig.broker`` then
 names it. Factories are imported when first used, so a broker's dependencies load only if chosen.
 """
@@ -55,5 +55,6 @@ class BrokerRegistry:
 
 brokers = BrokerRegistry()
 brokers.register("paper", "osm.live.adapters.paper:create")
+brokers.register("oanda", "osm.live.adapters.oanda.broker:create")
 
 __all__ = ["Book", "Broker", "BrokerFactory", "BrokerRegistry", "brokers"]

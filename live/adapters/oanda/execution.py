@@ -138,16 +138,25 @@ class OandaExecution:
             self.error = exc
             log.error("oanda orders stopped: %s", redact(str(exc), self._token))
 
-    def _emit(self, event: P.OrderEvent) -> None:
+    def report(self, event: P.OrderEvent) -> None:
+        """Hand `event` to `on_event` once (by transaction id), then move the cursor past it.
+
+        The cursor moves after the hand-over, so a caller that reads :attr:`cursor` and then
+        drains what `on_event` queued has every event up to that cursor.
+        """
         if event.transaction_id:
             if event.transaction_id in self._seen:
                 return
             self._seen.add(event.transaction_id)
-            if not self.cursor or int(event.transaction_id) > int(self.cursor):
-                self.cursor = event.transaction_id
         if event.kind == P.ACCEPTED:
             self._ordered[event.order_id] = event.units
         self.on_event(event)
+        self.advance(event.transaction_id)
+
+    def advance(self, transaction_id: str) -> None:
+        """Move the cursor to `transaction_id` if it is later: everything up to it was read."""
+        if transaction_id and (not self.cursor or int(transaction_id) > int(self.cursor)):
+            self.cursor = transaction_id
 
     def _send(self, body: dict[str, Any]) -> None:
         client_id = body["clientExtensions"]["id"]
@@ -171,19 +180,19 @@ class OandaExecution:
                             kind=P.REJECTED, client_id=client_id, reason=P.error_reason(reason_body)
                         )  # fmt: skip
                     ]:
-                        self._emit(event)
+                        self.report(event)
                     return
                 reason = f"HTTP {exc.code}"
             except (requests.RequestException, ValueError) as exc:
                 reason = type(exc).__name__
             else:
                 for event in P.parse_order_response(reply, client_id):
-                    self._emit(event)
+                    self.report(event)
                 return
             log.warning("order %s: no answer (%s); looking it up", client_id, reason)
             if not self._lookup(client_id, body):
                 return  # known now (reported), or unknown (reported, retried by the poll)
-        self._emit(P.OrderEvent(kind=P.REJECTED, client_id=client_id, reason="rate_limited"))
+        self.report(P.OrderEvent(kind=P.REJECTED, client_id=client_id, reason="rate_limited"))
 
     def _lookup(self, client_id: str, body: dict[str, Any]) -> bool:
         """Ask the venue about `client_id`; True if it never got it (so it may be resent)."""
@@ -194,7 +203,7 @@ class OandaExecution:
             return True
         except _Transient as exc:
             self.unresolved[client_id] = body
-            self._emit(P.OrderEvent(kind=P.UNKNOWN, client_id=client_id, reason=exc.reason))
+            self.report(P.OrderEvent(kind=P.UNKNOWN, client_id=client_id, reason=exc.reason))
             return False
         self.unresolved.pop(client_id, None)
         self._poll()  # the venue has it: its transactions say what happened
@@ -202,11 +211,12 @@ class OandaExecution:
 
     def _resolve_unknown(self) -> None:
         for client_id, body in list(self.unresolved.items()):
-            if self._lookup_quiet(client_id):
+            if self.never_received(client_id):
                 self.unresolved.pop(client_id, None)
                 self._send(body)
 
-    def _lookup_quiet(self, client_id: str) -> bool:
+    def never_received(self, client_id: str) -> bool:
+        """True only if the venue answers that it has no order `client_id` (a 404)."""
         try:
             self._call(v20orders.OrderDetails(self.account, f"@{client_id}"), missing_ok=True)
         except _Missing:
@@ -223,9 +233,8 @@ class OandaExecution:
             log.info("transactions poll failed (%s); next poll retries", exc.reason)
             return
         for event in events:
-            self._emit(event)
-        if last and (not self.cursor or int(last) > int(self.cursor)):
-            self.cursor = last  # every transaction up to it was read, events or not
+            self.report(event)
+        self.advance(last)  # every transaction up to it was read, events or not
 
     # -- reads (any thread; reconciliation calls them at start) -----------------------------------
 

@@ -205,7 +205,8 @@ class FakeV20:
         return fill
 
     def open_manual_trade(self, instrument: str, units: int) -> str:
-        """A trade placed by hand on the venue (no client id); returns the trade id."""
+        """A trade placed by hand on the venue (no client id); returns the id of the trade it
+        opened ('' when it only closed units of open trades)."""
         with self.lock:
             tx = self._tx(type="MARKET_ORDER", instrument=instrument, units=str(units),
                           timeInForce="FOK", positionFill="DEFAULT", reason="CLIENT_ORDER")  # fmt: skip
@@ -216,9 +217,8 @@ class FakeV20:
                 "type": "MARKET",
             }
             self.orders[tx["id"]] = order
-            return self._fill(order, units, "MARKET_ORDER", tx["id"]).get("tradeOpened", {})[
-                "tradeID"
-            ]
+            fill = self._fill(order, units, "MARKET_ORDER", tx["id"])
+            return fill.get("tradeOpened", {}).get("tradeID", "")  # "": it only reduced trades
 
     def trigger_stop_loss(self, trade_id: str) -> None:
         """The stop-loss of `trade_id` fires: its trade closes at the stop price."""

@@ -1,0 +1,147 @@
+"""The whole system trading on OANDA: real processes, the real oandapyV20 client, the fake v20 server.
+
+`osm up` with ``trader.broker = "oanda"``: a brain's targets become market orders on the fake
+venue, its fills come back through the transactions, and what the journal says agrees with the
+venue's book after a manual trade, a halt, a flatten and a restart with trades made meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from osm.live.adapters.oanda.fake import FakeV20
+from osm.live.client import Client
+from tests.live_helpers import wait_for
+from tests.system_helpers import osm, process, running_system, status, write_config
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+TOKEN = "tok-osm-system-7c1d-secret"
+
+
+@pytest.fixture
+def fake():
+    server = FakeV20(token=TOKEN, heartbeat_s=0.2).start()
+    server.push_price("EUR_USD", 1.10000, 1.10020)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("OANDA_ACCESS_TOKEN", TOKEN)  # the processes inherit it; never a parameter
+    return tmp_path / "osm"
+
+
+@pytest.fixture
+def system(home: Path):
+    yield from running_system(home)
+
+
+def config(home: Path, fake: FakeV20) -> Path:
+    return write_config(
+        home,
+        feeds=[{"name": "synthetic", "speed": 30, "start": "2024-01-08T00:00:00Z"}],
+        router={"granularities": ["S5"]},
+        trader={
+            "broker": "oanda",
+            "adapter": {
+                "account": fake.account,
+                "environment": fake.url,
+                "request_timeout_s": 2.0,
+                "poll_s": 0.2,
+                "backoff_s": 0.0,
+                "backoff_cap_s": 0.0,
+            },  # fmt: skip
+            "risk": {"max_orders_per_minute": 1_000_000, "max_decision_age_s": 86_400},
+        },
+        brains=[
+            {
+                "name": "sma",
+                "strategy": "osm.strategies.sma_cross:SmaCross",
+                "params": {"fast": 2, "slow": 5},
+                "granularity": "S5",
+                "size": 1000,
+            }
+        ],
+    )
+
+
+def trader(home: Path) -> dict:
+    return process(home, "trader")["counters"]
+
+
+def journal_units(home: Path) -> int:
+    with Client(home, timeout_s=10) as client:
+        return sum(p["units"] for p in client.positions() if p["instrument"] == "EUR_USD")
+
+
+def order_posts(fake: FakeV20) -> int:
+    return sum(1 for m, p, _ in fake.requests if m == "POST" and p.endswith("/orders"))
+
+
+def test_a_brain_trades_on_oanda_adopts_a_manual_trade_halts_and_flattens(home, fake, system):
+    system("--config", str(config(home, fake)))
+    wait_for(lambda: trader(home).get("fills", 0) >= 3, 120, "three fills from the venue")
+    wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
+
+    fake.open_manual_trade("EUR_USD", 777)  # placed by hand on the venue: no order of ours
+    wait_for(lambda: trader(home).get("fills_adopted", 0) == 1, 30, "the manual trade adopted")
+    wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
+
+    with Client(home, timeout_s=10) as client:
+        assert client.halt()["halted"]
+    time.sleep(1.0)  # an order sent just before the halt may still be answered
+    posts = order_posts(fake)
+    refused = trader(home).get("rejected.halted", 0)
+    wait_for(lambda: trader(home).get("rejected.halted", 0) >= refused + 2, 60, "targets refused")
+    assert order_posts(fake) == posts, "an order reached the venue while halted"
+
+    with Client(home, timeout_s=10) as client:
+        rows = client.flatten()
+    assert rows and all(row["accepted"] for row in rows), rows
+    wait_for(lambda: fake.net_units("EUR_USD") == 0, 30, "the venue flat")
+    wait_for(lambda: journal_units(home) == 0, 30, "the journal flat")
+
+    with sqlite3.connect(f"file:{home / 'db' / 'trader.sqlite'}?mode=ro", uri=True) as db:
+        ours = db.execute("SELECT COUNT(*) FROM fills WHERE brain = 'sma'").fetchone()[0]
+        adopted = db.execute("SELECT units FROM orders WHERE reason LIKE 'adopted%'").fetchall()
+        venue = db.execute("SELECT units FROM fills WHERE brain = 'venue'").fetchall()
+    assert ours >= 3 and adopted == [(777,)]
+    assert venue == [(777,), (-777,)]  # the manual trade, and the flatten that closed it
+    logs = "".join(p.read_text(errors="replace") for p in (home / "logs").glob("*"))
+    assert TOKEN not in logs + osm(home, "status").stdout
+
+
+def test_a_restart_adopts_what_happened_on_the_venue_meanwhile_and_halts_on_what_it_cannot(
+    home, fake, system
+):
+    path = config(home, fake)
+    system("--config", str(path))
+    wait_for(lambda: trader(home).get("fills", 0) >= 2, 120, "two fills from the venue")
+    assert osm(home, "down").returncode == 0
+    fake.open_manual_trade("EUR_USD", -555)  # while nothing of ours runs
+    system("--config", str(path))
+    wait_for(lambda: trader(home).get("fills_adopted", 0) == 1, 60, "the manual trade adopted")
+    wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
+    assert not trader_status(home)["halted"]
+    assert osm(home, "down").returncode == 0
+
+    with fake.lock:  # a trade with no transaction behind it: nothing can explain it
+        fake.trades.append({"id": "9999", "instrument": "EUR_USD", "units": 1234,
+                            "price": 1.1, "openTime": "2024-01-08T00:00:00.000000000Z"})  # fmt: skip
+    system("--config", str(path))
+    state = wait_for(lambda: (s := trader_status(home))["halted"] and s, 60, "a halt")
+    found = re.search(r"EUR_USD \(journal ([-+]\d+) units, OANDA ([-+]\d+)\)", state["halt_reason"])
+    assert found and int(found[2]) - int(found[1]) == 1234, state["halt_reason"]
+    assert status(home)["processes"]
+
+
+def trader_status(home: Path) -> dict:
+    with Client(home, timeout_s=10) as client:
+        return client.trader("status")
