@@ -215,7 +215,8 @@ def _config_from_flags(args: argparse.Namespace) -> cfg.SystemConfig:
             }
         )
     system = {"host": args.host, "transport": args.transport, "feeds": [feed], "brains": brains}
-    return cfg.load(cfg.SystemConfig, {**system, "router": router})
+    trader = {"broker": args.broker}
+    return cfg.load(cfg.SystemConfig, {**system, "router": router, "trader": trader})
 
 
 def cmd_up(home: Path, args: argparse.Namespace) -> int:
@@ -759,6 +760,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="synthetic",
         metavar="KIND",
         help="a registered source: synthetic (default), replay, or one a package adds",
+    )
+    up.add_argument(
+        "--broker",
+        default="paper",
+        help="paper (default) or oanda (account and token from OANDA_ACCOUNT, "
+        "OANDA_ACCESS_TOKEN; OANDA_ENVIRONMENT practice or live)",
     )
     up.add_argument("--file", help="replay: CSV(.gz) or Parquet of ticks or bars")
     up.add_argument("--speed", type=float, default=1.0, help="1 real time, 60 faster, 0 flat out")

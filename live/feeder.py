@@ -151,6 +151,9 @@ class Feeder(Service):
                     self._exhausted = True
                     return 50
             instrument, rows = self._held
+            if not len(rows):  # a live source had nothing new (its read waited for it)
+                self._held = None
+                return 1
             due = len(rows)
             if self.feed.speed > 0:
                 if self._anchor is None:
