@@ -19,10 +19,14 @@ SMALL = {"data_file": "/nonexistent/bars.csv", "synthetic_bars": 4000, "fast": [
 
 
 def _run(name: str, out: Path, **parameters) -> nbformat.NotebookNode:
+    return _execute(name, out, {**SMALL, **parameters})
+
+
+def _execute(name: str, out: Path, parameters: dict) -> nbformat.NotebookNode:
     papermill.execute_notebook(
         str(NOTEBOOKS / name),
         str(out),
-        parameters={**SMALL, **parameters},
+        parameters=parameters,
         kernel_name="python3",
         cwd=str(NOTEBOOKS),
         progress_bar=False,
@@ -76,4 +80,20 @@ def test_walk_forward_notebook(tmp_path):
     assert len(schedule.entries) == len(folds) == 5
     assert all(entry.params["fast"] in (5, 10) for entry in schedule.entries)
     assert f"({len(folds)} entries)" in _text(notebook)
+    assert len(_pictures(notebook)) == 1
+
+
+def test_promote_notebook_runs_the_story_to_parity_and_stops_everything(tmp_path, home):
+    small = {
+        "history_bars": 2000,
+        "live_bars": 300,
+        "window": 150,
+        "fast": [3, 5],
+        "slow": [20, 40],
+    }
+    notebook = _execute("04_promote.ipynb", tmp_path / "out.ipynb", {**small, "home": str(home)})
+    text = _text(notebook)
+    assert "parity: PASSED" in text
+    assert "299 bars decided" in text and "processes left running: none" in text
+    assert "job smacross: SmaCross" in text
     assert len(_pictures(notebook)) == 1
