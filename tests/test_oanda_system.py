@@ -13,6 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from osm.live.adapters.oanda.fake import FakeV20
@@ -145,3 +146,32 @@ def test_a_restart_adopts_what_happened_on_the_venue_meanwhile_and_halts_on_what
 def trader_status(home: Path) -> dict:
     with Client(home, timeout_s=10) as client:
         return client.trader("status")
+
+
+@pytest.mark.parametrize("broker", ["paper", "oanda"])
+def test_osm_up_on_oanda_prices_with_either_broker(home, fake, system, monkeypatch, broker):
+    monkeypatch.setenv("OANDA_ACCOUNT", fake.account)
+    monkeypatch.setenv("OANDA_ENVIRONMENT", fake.url)
+    system(
+        "--feed", "oanda", "--broker", broker, "--speed", "0", "--granularities", "S5",
+        "--brain", "osm.strategies.sma_cross:SmaCross", "--param", "fast=2", "--param", "slow=5",
+        "--size", "1000",
+    )  # fmt: skip
+    wait_for(lambda: fake._subscribers, 60, "the feeder's pricing stream")
+    start = time.time_ns() - 3_600 * 10**9
+    rng = np.random.default_rng(5)
+    mid = 1.1 + np.cumsum(rng.normal(0, 2e-4, 600))
+    for i, m in enumerate(mid):  # a second of market each, quoted an hour ago: S5 bars close
+        fake.push_price("EUR_USD", round(m, 5), round(m + 2e-4, 5), start + i * 10**9)
+        time.sleep(0.005)
+    wait_for(lambda: trader(home).get("fills", 0) >= 2, 60, "fills on OANDA's prices")
+    wait_for(
+        lambda: process(home, "router")["counters"].get("bars_closed", 0) >= 100,
+        30,
+        "the S5 bars of ten minutes of OANDA prices",
+    )
+    venue = fake.net_units("EUR_USD")
+    if broker == "paper":
+        assert venue == 0 and order_posts(fake) == 0  # paper trading: nothing reaches the venue
+    else:
+        wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
