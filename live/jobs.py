@@ -22,8 +22,9 @@ whatever of the remembered tree is left after STOP_GRACE_S, so no kernel outlive
 when papermill itself was killed.
 
 A job that exits non-zero, or stops heartbeating, is restarted after an exponential backoff, at
-most ``max_restarts`` times in a row: a job that then runs healthy for HEALTHY_S has the count of
-its restarts toward the cap reset, so a brain that crashes once a day is never given up. A job
+most ``max_restarts`` times in a row: a job that then beats for HEALTHY_S (counted from its first
+heartbeat, not from its start: a slow kernel start is not health) has the count of its restarts
+toward the cap reset, so a brain that crashes once a day is never given up. A job
 whose notebook failed with a configuration error (a missing or wrong parameter) would fail again
 and is marked failed at once, with the error as its reason.
 
@@ -75,7 +76,7 @@ RELOAD_S = 1.0  # how often the store is read for added, stopped and removed job
 TREE_S = 1.0  # how often a job's process tree is looked up
 STARTUP_GRACE_S = 180.0  # papermill, a kernel, numba and pandas imports and the warm-up
 STOP_GRACE_S = 15.0  # SIGTERM to SIGKILL: time for the summary cell and the output notebook
-HEALTHY_S = 30.0  # a job up and beating this long has its restarts toward the cap forgiven
+HEALTHY_S = 30.0  # a job beating this long has its restarts toward the cap forgiven
 BACKOFF_CAP_S = 30.0
 LOG_MAX_BYTES = 10 * 2**20  # a job's log past this size rotates
 LOG_BACKUPS = 3  # rotated generations kept: LOG.1 (newest) to LOG.3
@@ -332,6 +333,7 @@ class Run:
     token: str = ""
     started: float = 0.0
     last_beat: float | None = None
+    first_beat: float | None = None  # of this incarnation: healthy is counted from it
     failures: int = 0  # consecutive, for the backoff
     restarts: int = 0  # every restart
     recent: int = 0  # restarts toward the cap: reset after HEALTHY_S of healthy running
@@ -392,6 +394,8 @@ class JobRunner:
             return False
         if run.popen is not None and hmac.compare_digest(beat.token.encode(), run.token.encode()):
             run.last_beat, run.counters, run.pid = self.clock(), dict(beat.counters), beat.pid
+            if run.first_beat is None:
+                run.first_beat = run.last_beat
             if run.state == "starting":
                 run.state = "running"
                 self._report(run)
@@ -481,7 +485,7 @@ class JobRunner:
                 env={**self.env, PROCESS_TOKEN_ENV: run.token},
                 start_new_session=True,  # its own group: a signal to ours does not reach it
             )
-        run.state, run.started, run.last_beat = "starting", self.clock(), None
+        run.state, run.started, run.last_beat, run.first_beat = "starting", self.clock(), None, None
         run.opened = run.window.opened if run.window is not None else None
         run.exit_code, run.tree, run.next_tree, run.counters = None, {}, 0.0, {}
         self.log.info(
@@ -529,7 +533,7 @@ class JobRunner:
             run.popen = None
             self._ended(run)
             self._failed(run, f"no heartbeat for {silent:.0f} s; killed", now)
-        elif run.last_beat is not None and now - run.started > HEALTHY_S:
+        elif run.first_beat is not None and now - run.first_beat > HEALTHY_S:
             run.failures = run.recent = 0
 
     def _idle(self, run: Run, window: WindowState | None, now: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import sqlite3
 from pathlib import Path
@@ -25,6 +26,7 @@ from osm.core.errors import ConfigError, UnknownNameError
 from osm.core.rundir import RunDir
 from osm.live.cli import demo_config
 from osm.live.jobs import NOTEBOOKS, Job, JobStore, list_runs
+from osm.live.service import PROCESS_TOKEN_ENV
 from tests.live_helpers import wait_for
 from tests.system_helpers import osm, status, stop
 
@@ -157,3 +159,102 @@ def test_a_job_trades_under_the_supervisor_survives_a_kernel_kill_and_stops_whol
     assert "job b1: SmaCross {'fast': 3, 'slow': 8} on EUR_USD M1" in text
     assert int(re.search(r"decisions this run\s+(\d+)", text)[1]) > 0
     assert int(re.search(r"fills \(all runs\)\s+(\d+)", text)[1]) >= len(client_ids)
+
+
+EXPLODING = '''
+import numpy as np
+
+from osm.strategies.base import Param, Strategy
+
+DECISIONS = [0]  # in this process: a restarted brain counts from zero
+
+
+class Exploding(Strategy):
+    """Long and short on alternate minutes, then a ZeroDivisionError at decision `after`."""
+
+    after = Param(6, low=1, high=1_000)
+
+    def target(self, bars, ind):
+        DECISIONS[0] += 1
+        if DECISIONS[0] >= self.after:
+            raise ZeroDivisionError(f"Exploding gave up at decision {DECISIONS[0]}")
+        return np.where((bars.time // 60_000_000_000) % 2 == 0, 1.0, -1.0)
+'''
+
+
+def _tokens(processes: list[dict]) -> set[str]:
+    """The secrets the supervisor gave these processes (children, or jobs' papermill), from
+    their environment."""
+    found = set()
+    for pid in filter(None, (p["pid"] for p in processes)):
+        try:
+            token = psutil.Process(pid).environ().get(PROCESS_TOKEN_ENV)
+        except psutil.Error:  # a job's run that ended meanwhile
+            continue
+        found |= {token} if token else set()
+    return found
+
+
+def test_a_brain_whose_strategy_raises_fails_at_the_cap_and_no_secret_is_written(
+    home, tmp_path, monkeypatch
+):
+    oanda = f"oanda-{secrets.token_hex(16)}"
+    monkeypatch.setenv("OANDA_ACCESS_TOKEN", oanda)  # what `osm up` and every child inherit
+    (tmp_path / "exploding.py").write_text(EXPLODING)
+    config = msgspec.structs.replace(
+        demo_config(), brains=[], max_restarts=1, python_path=[str(tmp_path)]
+    )
+    path = home.parent / f"{home.name}-config.json"
+    path.write_bytes(cfg.dump(config))
+    tokens: set[str] = set()
+    job_tokens: set[str] = set()
+    try:
+        done = osm(home, "up", "--config", str(path))
+        assert done.returncode == 0, done.stderr + done.stdout
+        tokens |= _tokens(status(home)["processes"])
+        done = osm(home, "jobs", "add", "x1", "--notebook", "live_brain", *[
+            arg for k, v in {**PARAMETERS, "strategy": "exploding:Exploding", "params": {"after": 4}}.items()
+            for arg in ("--param", f"{k}={json.dumps(v)}")
+        ])  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+        def failed() -> bool:
+            job = _job(home, "x1")
+            job_tokens.update(_tokens([job]))  # each run of the job has its own
+            return job["state"] == "failed"
+
+        wait_for(failed, 300, "the job to fail twice (max_restarts 1)", poll=0.5)
+        outputs = [
+            osm(home, *command)
+            for command in (
+                ["status"],
+                ["status", "--json"],
+                ["jobs"],
+                ["jobs", "--json"],
+                ["runs"],
+                ["logs", "x1"],
+                ["logs", "supervisor"],
+            )
+        ]
+        assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+        done = osm(home, "down")
+        assert done.returncode == 0, done.stderr
+    finally:
+        stop(home)
+
+    error = "ZeroDivisionError: Exploding gave up at decision 4"
+    row = next(line for line in outputs[2].stdout.splitlines() if line.startswith("x1 "))
+    assert f"failed ({error})" in row
+    runs = list_runs(RunDir(home), "x1")
+    assert [r["error"] for r in runs] == [error, error]
+    assert len(_fills(home, "x1")) >= 1  # it traded before it blew up
+    assert len(tokens) == 2 + len(config.feeds) and job_tokens  # router, trader, feeds; x1
+
+    secrets_seen = {oanda, *tokens, *job_tokens}
+    files = [p for p in home.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ipynb" for p in files) and any(p.suffix == ".log" for p in files)
+    leaks = [(str(p), s) for p in files for s in secrets_seen if s.encode() in p.read_bytes()]
+    leaks += [
+        (" ".join(o.args), s) for o in outputs for s in secrets_seen if s in o.stdout + o.stderr
+    ]
+    assert leaks == []

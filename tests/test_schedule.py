@@ -253,8 +253,11 @@ def test_the_restart_cap_decays_after_a_healthy_period(home, broken, runners):
     assert run.recent == 1  # one restart toward the cap of one
 
     beat = {"process": "d1", "pid": run.popen.pid, "time_ns": 0, "started_ns": 0}
+    clock.at += HEALTHY_S + 1  # a kernel slow to start...
     runner.heartbeat(wire.Heartbeat(**beat, token=run.token))
-    clock.at += HEALTHY_S + 1  # up and beating for longer than HEALTHY_S
+    runner.watch()
+    assert (run.state, run.recent) == ("running", 1)  # ...is not a healthy one
+    clock.at += HEALTHY_S + 1  # beating for longer than HEALTHY_S
     runner.heartbeat(wire.Heartbeat(**beat, token=run.token))
     runner.watch()
     assert (run.state, run.recent) == ("running", 0)  # forgiven
