@@ -232,6 +232,24 @@ def test_a_window_starts_and_stops_a_job_and_a_crash_after_the_close_is_not_rest
     assert run.popen is None and len(list_runs(RunDir(home), "w1")) == 2
 
 
+def test_a_window_given_or_cleared_while_the_job_runs_is_acted_on(home, sleeper, runners):
+    runner = runners(home, now=Clock(SATURDAY))
+    with JobStore(RunDir(home)) as store:
+        store.add(Job(name="c1", notebook=str(sleeper)))
+        runner.watch()
+        run = runner.runs["c1"]
+        wait_for(_stepped(runner, lambda: _starts(home, "c1") == 1), KERNEL_S, "the start")
+
+        store.schedule("c1", FX)  # closed on Saturdays
+        wait_for(_stepped(runner, lambda: run.state == "waiting"), 30, "the job stopped")
+        assert (run.popen, run.exit_code, run.restarts) == (None, 0, 0)
+
+        store.schedule("c1", None)  # runs whenever enabled again
+        wait_for(_stepped(runner, lambda: _starts(home, "c1") == 2), KERNEL_S, "the restart")
+        assert run.state == "starting" and run.restarts == 0
+    assert [r["exit_code"] for r in list_runs(RunDir(home), "c1")] == [0, None]
+
+
 def test_the_restart_cap_decays_after_a_healthy_period(home, broken, runners):
     clock = Clock(1_000.0)
     runner = runners(home, max_restarts=1, clock=clock, now=Clock(WEDNESDAY))
