@@ -193,7 +193,8 @@ def replay_job(
         say(f"system up (supervisor pid {done.pid}); the feeder waits for job {job}'s brain")
         with Client(rundir.home, timeout_s=15.0) as client:
             started_ns = _first_bar_ns(client, pids, say)
-            ended_ns = _wait_settled(journal, job, last_id, client, pids, progress)
+            ended_ns = _wait_settled(journal, job, last_id, client, progress)
+            pids |= _system_pids(client.status())  # a process restarted meanwhile: its new pid
     finally:
         say("stopping the system: the job's summary cell, then every process")
         supervisor.down(rundir)
@@ -215,9 +216,8 @@ def replay_job(
     )
 
 
-def _system_pids(client: Client) -> set[int]:
+def _system_pids(status: dict[str, Any]) -> set[int]:
     """Every process of the system: supervisor, children, each job's papermill and kernel."""
-    status = client.status()
     pids = {status["pid"]} | {p["pid"] for p in status["processes"] if p["pid"]}
     pids |= {j[key] for j in status["jobs"] for key in ("pid", "brain_pid") if j[key]}
     return pids
@@ -240,12 +240,12 @@ def _first_bar_ns(client: Client, pids: set[int], say: Callable[[str], None]) ->
     told = False
     with client.subscribe("router_bars", ["bar."]) as bars:
         while time.monotonic() < deadline:
-            pids |= _system_pids(client)
             if bars.recv(0.05) is not None:
                 return time.time_ns()
-            jobs = client.status()["jobs"]
-            _check_job(jobs)
-            if not told and any(j["state"] == "running" for j in jobs):
+            status = client.status()
+            pids |= _system_pids(status)
+            _check_job(status["jobs"])
+            if not told and any(j["state"] == "running" for j in status["jobs"]):
                 told = True
                 say("the job runs under papermill; its brain warms up, then the replay starts")
     raise OsmError(
@@ -265,7 +265,6 @@ def _wait_settled(
     job: str,
     last_id: str,
     client: Client,
-    pids: set[int],
     progress: Callable[[int], None] | None,
 ) -> int:
     """Wait until the trader journaled `last_id` and no order of `job` is open; return the wall
@@ -275,7 +274,6 @@ def _wait_settled(
         done, decisions, last_change = _settled(journal, job, last_id)
         if decisions != seen:
             seen, moved = decisions, time.monotonic()
-            pids |= _system_pids(client)
             if progress is not None:
                 progress(decisions)
         if done:
