@@ -293,19 +293,15 @@ def _settled(journal: Path, job: str, last_id: str) -> tuple[bool, int, int]:
         return False, 0, 0
     try:
         with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
-            count, newest = db.execute(
-                "SELECT count(*), coalesce(max(updated_ns), 0) FROM orders WHERE brain = ?", (job,)
+            # One statement, so one snapshot: the count, the last decision and the open orders.
+            count, newest, has_last, open_orders = db.execute(
+                "SELECT count(*), coalesce(max(updated_ns), 0), coalesce(sum(client_id = ?), 0), "
+                "coalesce(sum(status IN ('new', 'sent')), 0) FROM orders WHERE brain = ?",
+                (last_id, job),
             ).fetchone()
-            last = db.execute(
-                "SELECT status FROM orders WHERE client_id = ?", (last_id,)
-            ).fetchone()
-            open_orders = db.execute(
-                "SELECT count(*) FROM orders WHERE brain = ? AND status IN ('new', 'sent')",
-                (job,),
-            ).fetchone()[0]
     except sqlite3.OperationalError:
         return False, 0, 0  # the trader is creating it
-    return last is not None and open_orders == 0, count, newest
+    return bool(has_last) and open_orders == 0, count, newest
 
 
 def _journaled(journal: Path, job: str) -> tuple[int, int, list[Fill]]:
