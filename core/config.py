@@ -28,7 +28,7 @@ from msgspec import inspect as mi
 
 from osm.core.errors import ConfigError, did_you_mean
 from osm.core.granularity import Alignment, check_granularity
-from osm.core.instruments import instrument
+from osm.core.instruments import CURRENCIES, instrument
 
 _BOUNDS = (("gt", ">", operator.gt), ("ge", ">=", operator.ge))
 _BOUNDS += (("lt", "<", operator.lt), ("le", "<=", operator.le))
@@ -214,11 +214,21 @@ class TraderConfig(_Config):
     balance: Annotated[float, Meta(gt=0, description="the paper account's starting cash")] = (
         100_000.0
     )
+    currency: Annotated[
+        str, Meta(description="the paper account's currency: balance and PnL are booked in it")
+    ] = "USD"
     risk: RiskLimits = RiskLimits()
     # The broker adapter's own settings, checked by it (oanda: account, environment, ...).
     adapter: dict[str, Any] = {}
     # "normal": the order journal survives any process crash; "full": power loss too (slower).
     journal_sync: Literal["normal", "full"] = "normal"
+
+    def _check(self) -> None:
+        if self.currency not in CURRENCIES:
+            raise ConfigError(
+                f"trader.currency {self.currency!r} is no currency of a known instrument; "
+                f"one of {', '.join(sorted(CURRENCIES))}"
+            )
 
 
 class BrainConfig(_Config):

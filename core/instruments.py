@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import msgspec
 
 from osm.core.errors import UnknownNameError
@@ -57,3 +60,24 @@ def instrument(name: str | Instrument) -> Instrument:
         return INSTRUMENTS[name]
     except KeyError:
         raise UnknownNameError("instrument", name, INSTRUMENTS) from None
+
+
+CURRENCIES = frozenset(c for name in INSTRUMENTS for c in name.split("_"))
+
+
+def conversion(currency: str, account: str, mids: Mapping[str, float]) -> float:
+    """The rate that turns an amount in `currency` into the `account` currency, as OANDA books
+    PnL: 1 for the same currency, else from the mid of the pair of the two (``USD_JPY`` turns JPY
+    into USD at ``1 / mid``); NaN when `mids` quotes no such pair.
+
+    `mids` maps instrument names to a current mid price; a fill's own pair can be passed at its
+    fill price (OANDA converts a USD_JPY trade's PnL at the price it closed at).
+    """
+    if currency == account:
+        return 1.0
+    direct, inverse = mids.get(f"{currency}_{account}"), mids.get(f"{account}_{currency}")
+    if direct is not None and math.isfinite(direct) and direct > 0:
+        return float(direct)
+    if inverse is not None and math.isfinite(inverse) and inverse > 0:
+        return 1.0 / float(inverse)
+    return math.nan

@@ -14,7 +14,10 @@ Schema::
         once goes from new to filled) | filled | refused (also an order that expired: a stale
         decision, its reason says so) | noop (a target already met) | lost
         (sent, but the broker neither holds nor filled it after a restart)
-    fills(seq, client_id UNIQUE -> orders, brain, instrument, units, price, commission, time_ns)
+    fills(seq, client_id UNIQUE -> orders, brain, instrument, units, price, commission, time_ns,
+          booked)
+        booked: what the fill changed the balance by, in the account currency (NULL: not
+        converted, or journaled before the column existed: then the quote-currency PnL counts)
     positions(instrument PRIMARY KEY, units, average_price, realized, commission, updated_ns)
     meta(key PRIMARY KEY, value): initial_balance, halted
 """
@@ -22,6 +25,7 @@ Schema::
 from __future__ import annotations
 
 import collections
+import math
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -62,7 +66,8 @@ CREATE TABLE IF NOT EXISTS fills (
     units INTEGER NOT NULL,
     price REAL NOT NULL,
     commission REAL NOT NULL,
-    time_ns INTEGER NOT NULL
+    time_ns INTEGER NOT NULL,
+    booked REAL
 );
 CREATE TABLE IF NOT EXISTS positions (
     instrument TEXT PRIMARY KEY,
@@ -115,6 +120,9 @@ class Journal:
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(fills)")}
+        if "booked" not in columns:  # a journal written before PnL was booked per currency
+            self._db.execute("ALTER TABLE fills ADD COLUMN booked REAL")
         self._db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('initial_balance', ?)", (repr(initial_balance),)
         )
@@ -181,10 +189,11 @@ class Journal:
         try:
             db.execute(
                 "INSERT INTO fills (client_id, brain, instrument, units, price, commission,"
-                " time_ns) VALUES (?,?,?,?,?,?,?)",
+                " time_ns, booked) VALUES (?,?,?,?,?,?,?,?)",
                 (
                     fill.client_id, fill.brain, fill.instrument, fill.units, fill.price,
                     fill.commission, fill.time_ns,
+                    fill.booked if math.isfinite(fill.booked) else None,
                 ),
             )  # fmt: skip
             db.execute(
@@ -227,7 +236,8 @@ class Journal:
         out = Recovered(balance=self.initial_balance)
         for r in self._db.execute("SELECT * FROM fills ORDER BY seq"):
             book = out.books.setdefault(r["instrument"], Book())
-            out.balance += book.apply(r["units"], r["price"], r["commission"]) - r["commission"]
+            pnl = book.apply(r["units"], r["price"], r["commission"]) - r["commission"]
+            out.balance += pnl if r["booked"] is None else r["booked"]
             out.brain_units[(r["brain"], r["instrument"])] += r["units"]
         db = self._tx()
         db.execute("DELETE FROM positions")

@@ -110,12 +110,16 @@ def test_book_netting_by_hand():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_accounting_matches_a_cash_flow_oracle(seed):
-    """Balance + unrealised (netting, average price) equals cash + position at the closing price,
-    computed the slow way from every fill's cash flow."""
+    """Per instrument, in its quote currency: realised - commission + unrealised (netting, average
+    price) equals the cash flows + the position at the closing price, computed the slow way from
+    every fill. The account (USD) books each fill's PnL converted at that fill, as OANDA does:
+    USD_JPY's yen at the fill price."""
     rng = np.random.default_rng(seed)
     commission = 3e-5
     broker = PaperBroker(PaperConfig(commission=commission, balance=50_000.0))
-    cash, units, clock = 50_000.0, {"EUR_USD": 0, "USD_JPY": 0}, 0
+    names = ("EUR_USD", "USD_JPY")
+    cash, fees = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    units, clock, booked = dict.fromkeys(names, 0), 0, 0.0
     for i in range(300):
         instrument = "EUR_USD" if rng.random() < 0.6 else "USD_JPY"
         base = 1.1 if instrument == "EUR_USD" else 110.0
@@ -126,16 +130,23 @@ def test_accounting_matches_a_cash_flow_oracle(seed):
         if size:
             broker.submit(order(size, clock, f"o{i}", instrument))
         for fill in broker.take_fills():
-            cash -= fill.units * fill.price + abs(fill.units) * fill.price * commission
-            assert fill.commission == pytest.approx(abs(fill.units) * fill.price * commission)
+            fee = abs(fill.units) * fill.price * commission
+            cash[fill.instrument] -= fill.units * fill.price + fee
+            fees[fill.instrument] += fee
+            assert fill.commission == pytest.approx(fee)
             units[fill.instrument] += fill.units
-        marked = 0.0
+            booked += fill.booked
+        unrealized_usd = 0.0
         for p in broker.positions():
             assert p.units == units[p.instrument]
             _, b, a = broker._rings[p.instrument].latest()
-            marked += p.units * (b if p.units > 0 else a)
+            marked = p.units * (b if p.units > 0 else a)
+            equity = p.realized - fees[p.instrument] + p.unrealized
+            assert equity == pytest.approx(cash[p.instrument] + marked, rel=1e-12, abs=1e-6)
+            unrealized_usd += p.unrealized / ((b + a) / 2 if p.instrument == "USD_JPY" else 1.0)
         account = broker.account()
-        assert account["equity"] == pytest.approx(cash + marked, rel=1e-12, abs=1e-6)
+        assert account["balance"] == pytest.approx(50_000.0 + booked, rel=1e-12)
+        assert account["unrealized"] == pytest.approx(unrealized_usd, rel=1e-12, abs=1e-9)
         assert account["balance"] + account["unrealized"] == pytest.approx(account["equity"])
 
 

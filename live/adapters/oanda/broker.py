@@ -21,9 +21,10 @@ trader was down (ours, or a stop-loss, or a manual trade) come back as fills; th
 positions are then compared with the journal's books plus those fills, and any difference the
 transactions do not explain halts trading with the difference in the reason.
 
-Money: prices, PnL and commission are booked per instrument in its quote currency, as the paper
-broker books them (see issue notes in docs/oanda.md); ``account()`` shows the venue's own
-balance in the account currency from its last summary.
+Money: a fill's ``booked`` is OANDA's own figure in the account currency (its ``pl`` plus
+financing less commission); ``account()`` is the venue's balance at start plus every fill booked
+since, and the open positions' PnL converted as OANDA converts it. Positions (average price,
+realised PnL) stay in each instrument's quote currency, as the paper broker keeps them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import logging
 import math
 import os
 import queue
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ import numpy as np
 from osm.core import wire
 from osm.core.config import TraderConfig
 from osm.core.errors import ConfigError
+from osm.core.instruments import conversion
+from osm.core.instruments import instrument as instrument_spec
 from osm.live.adapters.base import Book
 from osm.live.adapters.oanda import parsing as P
 from osm.live.adapters.oanda.config import OandaConfig, load_token
@@ -81,8 +83,8 @@ class OandaBroker:
         self._expired: list[tuple[wire.Order, str]] = []
         self._books: dict[str, Book] = {}
         self._quotes: dict[str, tuple[int, float, float]] = {}
-        self._lock = threading.Lock()  # the summary, read by account() on the trader's thread
-        self._summary: dict[str, Any] = {}
+        self.currency = "USD"  # the account's, from the venue at restore
+        self._balance = math.nan
         self._execution = OandaExecution(self.oanda, load_token(), self._events.put)
 
     # -- the Broker contract ----------------------------------------------------------------------
@@ -147,7 +149,9 @@ class OandaBroker:
                 for name, (ours, theirs) in differ.items()
             )
             log.error("%s; trading halted until the difference is understood", self.halt_reason)
-        self._refresh_summary()
+        summary = ex.summary().get("account", {})
+        self.currency = str(summary.get("currency", self.currency))
+        self._balance = float(summary.get("balance", math.nan))
         return lost
 
     def pending(self) -> list[wire.Order]:
@@ -161,19 +165,28 @@ class OandaBroker:
         return out
 
     def account(self) -> dict[str, Any]:
-        with self._lock:
-            summary = dict(self._summary)
+        """The venue's balance at start plus what every fill since booked, and the open
+        positions' PnL at the last quotes, all in the account currency."""
+        unrealized = 0.0
+        for name, book in self._books.items():
+            _, bid, ask = self._quotes.get(name, (0, math.nan, math.nan))
+            if book.units and math.isfinite(bid):
+                unrealized += book.unrealized(bid, ask) * self._rate(name, (bid + ask) / 2)
         return {
             "broker": "oanda",
             "account": self._execution.account,
-            "currency": summary.get("currency", ""),
-            "balance": float(summary.get("balance", math.nan)),
-            "unrealized": float(summary.get("unrealizedPL", math.nan)),
-            "equity": float(summary.get("NAV", math.nan)),
-            "margin_used": float(summary.get("marginUsed", math.nan)),
+            "currency": self.currency,
+            "balance": self._balance,
+            "unrealized": unrealized,
+            "equity": self._balance + unrealized,
             "cursor": self.cursor,
             "orders_unresolved": len(self._execution.unresolved),
         }
+
+    def _rate(self, instrument: str, price: float) -> float:
+        mids = {name: (q[1] + q[2]) / 2 for name, q in self._quotes.items()}
+        mids[instrument] = price
+        return conversion(instrument_spec(instrument).quote, self.currency, mids)
 
     def close(self) -> None:
         self._execution.stop()
@@ -212,8 +225,13 @@ class OandaBroker:
         else:
             client_id, brain = event.client_id, order.brain
             self._filled[client_id] = self._filled.get(client_id, 0) + event.units
+        # OANDA books the fill's PnL, financing and commission in the account currency itself.
+        booked = event.pl + event.financing - event.commission
+        self._balance += booked
+        rate = self._rate(event.instrument, event.price)
+        commission = event.commission / rate if math.isfinite(rate) else event.commission
         book = self._books.setdefault(event.instrument, Book())
-        book.apply(event.units, event.price, event.commission)
+        book.apply(event.units, event.price, commission)
         self._fills.append(
             wire.Fill(
                 client_id,
@@ -222,14 +240,10 @@ class OandaBroker:
                 event.units,
                 event.price,
                 event.time_ns,
-                event.commission,
+                commission,
+                booked,
             )  # fmt: skip
         )
-
-    def _refresh_summary(self) -> None:
-        summary = self._execution.summary().get("account", {})
-        with self._lock:
-            self._summary = summary
 
 
 def create(config: TraderConfig) -> OandaBroker:

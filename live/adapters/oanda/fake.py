@@ -171,6 +171,7 @@ class FakeV20:
             trade_pl = -take * (price - trade["price"])
             if instrument.split("_")[0] == self.currency:
                 trade_pl /= price  # quote currency into the account currency, as OANDA books it
+            trade_pl = round(trade_pl, 4)  # the account currency's precision: what is booked
             pl += trade_pl
             trade["units"] += take
             remaining -= take

@@ -16,7 +16,11 @@ class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     commission
         Fraction of traded notional charged per fill (2e-5 is 0.2 bp).
     balance
-        Opening cash, in the account currency (taken to be each instrument's quote currency).
+        Opening cash, in the account currency.
+    currency
+        The account currency. A fill's PnL is booked in it as OANDA books it: converted from the
+        instrument's quote currency at the fill price when the pair holds the account currency
+        (USD_JPY for USD), else at the mid of the last quote of the pair of the two currencies.
     margin_rate
         Margin required per unit of notional (0.02 is 50:1 leverage), as OANDA reports it.
     quotes
@@ -26,6 +30,7 @@ class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
     commission: float = 0.0
     balance: float = 100_000.0
+    currency: str = "USD"
     margin_rate: float = 0.02
     quotes: int = 100_000
 
@@ -41,4 +46,4 @@ class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
     @classmethod
     def from_trader(cls, config: TraderConfig) -> PaperConfig:
-        return cls(commission=config.commission, balance=config.balance)
+        return cls(commission=config.commission, balance=config.balance, currency=config.currency)

@@ -16,6 +16,8 @@ expires, and :meth:`PaperBroker.take_expired` hands it back with the reason, onc
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +25,13 @@ import numpy as np
 
 from osm.core import wire
 from osm.core.config import TraderConfig
+from osm.core.instruments import conversion
+from osm.core.instruments import instrument as instrument_spec
 from osm.live.adapters.base import Book
 from osm.live.adapters.paper.config import PaperConfig
 
 _NEVER = np.iinfo(np.int64).min
+log = logging.getLogger("osm.paper")
 
 
 class QuoteRing:
@@ -119,6 +124,7 @@ class PaperBroker:
         self.expiry: Callable[[wire.Order], int | None] = lambda order: None
         self._balance = config.balance
         self.late_fills = 0  # fills whose exact quote had rolled out of the ring
+        self.unconverted = 0  # fills whose PnL no quote could convert into the account currency
 
     @classmethod
     def from_trader(cls, config: TraderConfig) -> PaperBroker:
@@ -166,23 +172,28 @@ class PaperBroker:
         return out
 
     def account(self) -> dict[str, Any]:
+        """Balance, unrealised PnL, equity and margin in the account currency (an open position
+        converted at the current mid); realised PnL and commission per instrument are in its
+        quote currency, in :meth:`positions`."""
         unrealized = margin = 0.0
         for instrument, book in self._books.items():
             _, bid, ask = self._last(instrument)
-            unrealized += book.unrealized(bid, ask)
-            if book.units and np.isfinite(bid):
-                margin += abs(book.units) * (bid + ask) * 0.5 * self.config.margin_rate
+            if not (book.units and np.isfinite(bid)):
+                continue
+            rate = self._rate(instrument, (bid + ask) * 0.5)
+            unrealized += book.unrealized(bid, ask) * rate
+            margin += abs(book.units) * (bid + ask) * 0.5 * self.config.margin_rate * rate
         equity = self._balance + unrealized
         return {
+            "currency": self.config.currency,
             "balance": self._balance,
             "unrealized": unrealized,
             "equity": equity,
-            "realized": sum(b.realized for b in self._books.values()),
-            "commission": sum(b.commission for b in self._books.values()),
             "margin_used": margin,
             "margin_available": equity - margin,
             "open_orders": len(self._pending),
             "late_fills": self.late_fills,
+            "unconverted_fills": self.unconverted,
         }
 
     def close(self) -> None:
@@ -223,9 +234,32 @@ class PaperBroker:
         price = ask if order.units > 0 else bid
         fee = abs(order.units) * price * self.config.commission
         book = self._books.setdefault(order.instrument, Book())
-        self._balance += book.apply(order.units, price, fee) - fee
+        pnl = book.apply(order.units, price, fee) - fee  # in the quote currency
+        booked = pnl * self._rate(order.instrument, price)
+        # Unconvertible: booked as it is, as a journal replay books a fill without `booked`.
+        self._balance += booked if math.isfinite(booked) else pnl
+        if not math.isfinite(booked):
+            self.unconverted += 1
+            log.warning(
+                "%s: PnL of %s booked unconverted: no quote converts %s into %s; quote a pair "
+                "of the two", order.instrument, order.client_id,
+                instrument_spec(order.instrument).quote, self.config.currency,
+            )  # fmt: skip
         self._fills.append(
             wire.Fill(
-                order.client_id, order.brain, order.instrument, order.units, price, time_ns, fee
+                order.client_id,
+                order.brain,
+                order.instrument,
+                order.units,
+                price,
+                time_ns,
+                fee,
+                booked,
             )
         )
+
+    def _rate(self, instrument: str, price: float) -> float:
+        """Quote currency of `instrument` into the account currency (see PaperConfig)."""
+        mids = {name: (q[1] + q[2]) / 2 for name in self._rings if (q := self._last(name))[0]}
+        mids[instrument] = price
+        return conversion(instrument_spec(instrument).quote, self.config.currency, mids)
