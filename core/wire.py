@@ -7,7 +7,6 @@ core dtypes with their row count as header. Nothing is ever pickled.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import msgspec
@@ -116,7 +115,7 @@ class OrderReply(Message, tag="order_reply.v1"):
 class Fill(Message, tag="fill.v1"):
     """One fill. `commission` is in the instrument's quote currency, like the price; `booked` is
     what the fill changed the account's balance by, in the account currency (its realised PnL
-    less its costs, converted as the broker books it); NaN if the broker could not convert."""
+    less its costs, converted as the broker books it); None if the broker could not convert."""
 
     client_id: str
     brain: str
@@ -125,7 +124,7 @@ class Fill(Message, tag="fill.v1"):
     price: float
     time_ns: int
     commission: float = 0.0
-    booked: float = math.nan
+    booked: float | None = None
 
 
 class Position(Message, tag="position.v1"):

@@ -25,7 +25,6 @@ Schema::
 from __future__ import annotations
 
 import collections
-import math
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -193,7 +192,7 @@ class Journal:
                 (
                     fill.client_id, fill.brain, fill.instrument, fill.units, fill.price,
                     fill.commission, fill.time_ns,
-                    fill.booked if math.isfinite(fill.booked) else None,
+                    fill.booked,
                 ),
             )  # fmt: skip
             db.execute(

@@ -254,7 +254,7 @@ class PaperBroker:
                 price,
                 time_ns,
                 fee,
-                booked,
+                booked if math.isfinite(booked) else None,
             )
         )
 
