@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -175,3 +176,31 @@ def test_osm_up_on_oanda_prices_with_either_broker(home, fake, system, monkeypat
         assert venue == 0 and order_posts(fake) == 0  # paper trading: nothing reaches the venue
     else:
         wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
+
+
+def test_kill_9_of_the_trader_between_the_send_and_the_response_sends_nothing_twice(
+    home, fake, system
+):
+    system("--config", str(config(home, fake)))
+    wait_for(lambda: trader(home).get("fills", 0) >= 2, 120, "two fills from the venue")
+    known = set(fake.orders)
+    fake.arm("orders", "delay", 6.0)  # the venue fills the next order, then answers 6 s later
+    wait_for(lambda: set(fake.orders) - known, 60, "an order at the venue")
+    [delayed] = [fake.orders[i]["clientExtensions"]["id"] for i in set(fake.orders) - known]
+    victim = process(home, "trader")
+    os.kill(victim["pid"], signal.SIGKILL)  # before the response: the fill was never heard of
+    wait_for(
+        lambda: (p := process(home, "trader"))["state"] == "running" and p["pid"] != victim["pid"],
+        60,
+        "the trader restarted",
+    )
+    with sqlite3.connect(f"file:{home / 'db' / 'trader.sqlite'}?mode=ro", uri=True) as db:
+        wait_for(
+            lambda: db.execute("SELECT 1 FROM fills WHERE client_id = ?", (delayed,)).fetchone(),
+            60,
+            "the fill of the order in flight journaled from the venue's transactions",
+        )
+    wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
+    ids = [(o.get("clientExtensions") or {}).get("id") for o in list(fake.orders.values())]
+    ids = [i for i in ids if i]
+    assert len(ids) == len(set(ids)), "an order was sent twice"
