@@ -15,11 +15,11 @@ child gets the config's ``python_path`` on its PYTHONPATH, so strategies import 
 grace period, and removes ``endpoints.json`` and the pid file.
 
 A feeder starts only once every brain trading one of its instruments is warm (its heartbeat counts a
-warm-up) or gone (failed, exited, stopped), or has run WARM_WAIT_S without warming up: a replay then
-waits for its brains instead of racing them, and they decide its first bar as they decide its last.
-The brains waited for are the configured ones and the jobs enabled at start whose parameters name
-one of the feed's instruments (live brains run by papermill, started before the feeders). A
-restarted feeder does not wait again.
+warm-up) or not coming (failed, exited, stopped, a job outside its window), or has run WARM_WAIT_S
+without warming up: a replay then waits for its brains instead of racing them, and they decide its
+first bar as they decide its last. The brains waited for are the configured ones and the jobs
+enabled at start whose parameters name one of the feed's instruments (live brains run by papermill,
+started before the feeders). A restarted feeder does not wait again.
 
 Endpoints are planned once per system, so a restarted child binds or connects the same addresses
 and its peers reconnect by themselves.
@@ -62,7 +62,7 @@ STALL_INTERVALS = 10  # heartbeat intervals without a beat before a process coun
 MIN_STALL_S = 5.0  # ...but never less: a loaded machine delays beats by seconds
 STARTUP_GRACE_S = 60.0  # the first beat may wait for numba, pandas and pyarrow imports
 WARM_WAIT_S = 60.0  # longest a feeder waits for a running brain to warm up before it starts
-_GONE = ("failed", "exited", "stopped")
+_GONE = ("failed", "exited", "stopped", "waiting")  # waiting: a job whose window is closed
 BACKOFF_CAP_S = 10.0  # longest wait before a restart
 HEALTHY_S = 30.0  # a process up this long has its backoff reset
 STOP_GRACE_S = 10.0  # SIGTERM to SIGKILL, per stopping phase
