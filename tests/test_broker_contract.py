@@ -1,0 +1,122 @@
+"""The broker contract (osm.live.adapters.base.Broker) that every adapter passes: the paper broker and
+the OANDA broker against the fake v20 server, through the same steps and the same assertions."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from osm.core import wire
+from osm.core.config import TraderConfig
+from osm.core.dtypes import as_ticks
+from osm.live.adapters import brokers
+from osm.live.adapters.base import Book
+from osm.live.adapters.oanda.fake import FakeV20
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+TOKEN = "tok-contract-92b7-secret"
+S = 10**9
+
+
+class Venue:
+    """A broker under test and the market it fills on."""
+
+    def __init__(self, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fake = None
+        adapter = {}
+        if name == "oanda":
+            self.fake = FakeV20(token=TOKEN).start()
+            monkeypatch.setenv("OANDA_ACCESS_TOKEN", TOKEN)
+            adapter = {"account": self.fake.account, "environment": self.fake.url,
+                       "poll_s": 0.1, "backoff_s": 0.0, "backoff_cap_s": 0.0}  # fmt: skip
+        self.broker = brokers.create(TraderConfig(broker=name, adapter=adapter))
+        self.clock = 0
+
+    def quote(self, bid: float, ask: float, instrument: str = "EUR_USD") -> None:
+        self.clock += S
+        if self.fake is not None:
+            self.fake.push_price(instrument, bid, ask)
+        ticks = as_ticks(np.array([self.clock]), np.array([bid]), np.array([ask]))
+        assert self.broker.on_quotes(instrument, ticks) == 0
+
+    def fills(self, count: int) -> list[wire.Fill]:
+        out: list[wire.Fill] = []
+        deadline = time.monotonic() + 10
+        while len(out) < count and time.monotonic() < deadline:
+            out += self.broker.take_fills()
+            time.sleep(0.01)
+        return out
+
+    def close(self) -> None:
+        self.broker.close()
+        if self.fake is not None:
+            self.fake.stop()
+
+
+@pytest.fixture(params=["paper", "oanda"])
+def venue(request, monkeypatch) -> Iterator[Venue]:
+    v = Venue(request.param, monkeypatch)
+    try:
+        v.broker.restore({}, 100_000.0, [])
+        yield v
+    finally:
+        v.close()
+
+
+def test_a_market_order_fills_once_at_the_touch_and_is_held(venue):
+    venue.quote(1.10000, 1.10020)
+    venue.broker.submit(wire.Order("b", "EUR_USD", 1000, "b-1", venue.clock))
+    [fill] = venue.fills(1)
+    assert (fill.client_id, fill.brain, fill.instrument, fill.units) == (
+        "b-1",
+        "b",
+        "EUR_USD",
+        1000,
+    )
+    assert fill.price == pytest.approx(1.10020)  # a buy pays the ask
+    assert fill.booked == 0.0  # opening realises nothing
+    assert venue.broker.pending() == []
+    assert venue.fills(1) == []  # reported once
+    [position] = venue.broker.positions()
+    assert (position.instrument, position.units) == ("EUR_USD", 1000)
+    assert position.average_price == pytest.approx(1.10020)
+
+
+def test_closing_books_the_pnl_in_the_account_currency(venue):
+    venue.quote(1.10000, 1.10020)
+    venue.broker.submit(wire.Order("b", "EUR_USD", 1000, "b-1", venue.clock))
+    venue.fills(1)
+    venue.quote(1.10120, 1.10140)
+    venue.broker.submit(wire.Order("b", "EUR_USD", -1000, "b-2", venue.clock))
+    [fill] = venue.fills(1)
+    assert fill.price == pytest.approx(1.10120)  # a sell gets the bid
+    assert fill.booked == pytest.approx(1000 * (1.10120 - 1.10020), abs=1e-4)
+    account = venue.broker.account()
+    assert account["currency"] == "USD"
+    assert account["balance"] == pytest.approx(100_000 + fill.booked, abs=1e-4)
+    assert account["equity"] == pytest.approx(account["balance"])
+    [position] = venue.broker.positions()
+    assert position.units == 0
+
+
+def test_restore_adopts_the_journaled_books_and_accounts_for_every_open_order(monkeypatch):
+    for name in ("paper", "oanda"):
+        venue = Venue(name, monkeypatch)
+        try:
+            if venue.fake is not None:  # the venue holds what the journal says
+                venue.fake.push_price("EUR_USD", 1.1, 1.1002)
+                venue.fake.open_manual_trade("EUR_USD", 2000)
+            books = {"EUR_USD": Book(2000, 1.1002)}
+            never_sent = wire.Order("b", "EUR_USD", 500, "b-9", 1)
+            lost = venue.broker.restore(books, 100_000.0, [never_sent])
+            pending = [o.client_id for o in venue.broker.pending()]
+            assert sorted(pending + lost) == ["b-9"], name  # held, or reported lost: never dropped
+            [position] = venue.broker.positions()
+            assert (position.units, position.average_price) == (2000, pytest.approx(1.1002)), name
+            assert getattr(venue.broker, "halt_reason", None) is None, name
+        finally:
+            venue.close()
