@@ -14,9 +14,7 @@ import csv
 import datetime as dt
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,7 +23,6 @@ import msgspec
 import numpy as np
 
 from osm.core import config as cfg
-from osm.core import wire
 from osm.core.dtypes import PRICE_FIELDS, mid
 from osm.core.errors import EXIT_CONFIG, ConfigError, OsmError
 from osm.core.granularity import check_granularity
@@ -451,67 +448,11 @@ def demo_config() -> cfg.SystemConfig:
 
 
 def cmd_demo(home: Path | None, args: argparse.Namespace) -> int:
-    own_home = home is None
-    rundir = RunDir(home or tempfile.mkdtemp(prefix="osm-demo-"))
-    if not own_home and supervisor.running_pid(rundir) is not None:
-        raise ConfigError(
-            f"a system is running in {rundir.home} and the demo would stop it; "
-            "run the demo without --home (it uses a temporary run directory)"
-        )
-    print(
-        f"osm demo: a synthetic EUR_USD market at {DEMO_SPEED:g}x real time, SmaCross(fast=3, "
-        f"slow=8) trading M1 bars on the paper broker; run directory {rundir.home}"
-    )
-    bars = 0
-    try:
-        supervisor.up(rundir, demo_config(), timeout_s=UP_TIMEOUT_S)
-        bars = watch_demo(rundir.home, args.seconds)
-    finally:
-        supervisor.down(rundir)
-        print("osm demo: system stopped")
-    if not bars:
-        return _fail(f"the demo saw no bars; the logs are in {rundir.logs}", 1)
-    if own_home:
-        shutil.rmtree(rundir.home, ignore_errors=True)
-    return 0
+    """The whole story, headless (:mod:`osm.live.demo`): research, promotion, a live brain, parity."""
+    from osm.live import demo
 
-
-def watch_demo(home: Path, seconds: float) -> int:
-    """Print closed bars, fills and position changes for `seconds`; return the bars seen."""
-    topics = ["bar.EUR_USD.M1", "fill.", "position.EUR_USD"]
-    bars = fills = units = 0
-    with Client(home) as client, client.subscribe(["router_bars", "trader_events"], topics) as feed:
-        wait_running(client, UP_TIMEOUT_S)
-        print(f"osm demo: system up; watching for {seconds:g} s (Ctrl-C stops early)")
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            got = feed.recv(0.25)
-            if got is None:
-                continue
-            message = got[1]
-            if isinstance(message, wire.Bars):
-                for bar in message.array():
-                    bars += 1
-                    o, h, lo, c = (f"{mid(bar, f):.5f}" for f in ("open", "high", "low", "close"))
-                    print(
-                        f"  bar   {_utc(int(bar['time']))}  O {o}  H {h}  L {lo}  C {c}"
-                        f"  ticks {int(bar['ticks']):4d}   position {units:+7d}"
-                    )
-            elif isinstance(message, wire.Fill):
-                fills += 1
-                side = "buys" if message.units > 0 else "sells"
-                print(
-                    f"  fill  {_utc(message.time_ns)}  {message.brain} {side} "
-                    f"{abs(message.units)} {message.instrument} @ {message.price:.5f}"
-                )
-            elif isinstance(message, wire.Position) and message.units != units:
-                print(
-                    f"  position {message.instrument} {units:+d} -> {message.units:+d} "
-                    f"(realized {message.realized:+.2f}, unrealized {message.unrealized:+.2f})"
-                )
-                units = message.units
-    print(f"osm demo: {bars} bars closed, {fills} fills, final position {units:+d} EUR_USD")
-    return bars
+    argv = [f"--{name}={getattr(args, name)}" for name in ("history", "live", "seed", "window")]
+    return demo.main(argv + ([] if home is None else ["--home", str(home)]))
 
 
 # -- jobs ------------------------------------------------------------------------------------
@@ -877,8 +818,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--lines", type=int, default=40)
     logs.set_defaults(func=cmd_logs)
 
-    demo = sub.add_parser("demo", parents=[common], help="a short live run on a synthetic market")
-    demo.add_argument("--seconds", type=float, default=45.0, help="how long to watch")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="sweep, walk-forward, promote and trade the winner live on generated bars (paper)",
+    )
+    demo.add_argument("--history", type=int, default=20_000, help="research bars (M1)")
+    demo.add_argument("--live", type=int, default=3_000, help="bars replayed to the live brain")
+    demo.add_argument("--seed", type=int, default=11, help="seed of the generated bars")
+    demo.add_argument("--window", type=int, default=200, help="bars the live brain holds")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -359,20 +359,3 @@ def test_bars_orders_positions_halt_resume_flatten(home, system):
     osm(home, "halt")  # the brain must not reopen what flatten closes
     assert osm(home, "flatten").returncode == 0
     wait_for(lambda: not held(), 60, "flat positions after flatten")
-
-
-def test_demo_runs_shows_bars_and_a_position_change_and_stops(tmp_path):
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("osm")), "demo", "--seconds", "20"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
-    assert len(re.findall(r"^  bar   \d{4}-\d\d-\d\d \d\d:\d\d:00  O 1\.\d{5}", out, re.M)) >= 5
-    assert re.search(r"^  position EUR_USD \+0 -> [+-]10000 ", out, re.M), out
-    assert "system stopped" in out
-    home = Path(re.search(r"run directory (\S+)", out).group(1))
-    assert not home.exists()  # the temporary run directory is gone, and its processes with it
-    assert not supervisor.orphans(RunDir(home))
