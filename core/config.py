@@ -172,6 +172,15 @@ class RouterConfig(_Config):
         float, Meta(gt=0, description="seconds a feed at speed <= 1 may run ahead of this clock")
     ] = 60.0
     journal_sync: Literal["normal", "full"] = "normal"  # full: fsync before every acknowledgement
+    live_close_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=60,
+            description="live feeds: seconds after a bar's end that it closes "
+            "without waiting for a later tick",
+        ),
+    ] = 2.0
 
     def _check(self) -> None:
         for g in self.granularities:

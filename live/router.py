@@ -49,7 +49,7 @@ from osm.core.barseries import BarSeries
 from osm.core.config import SystemConfig
 from osm.core.dtypes import BAR_DTYPE, TICK_DTYPE, empty_ticks
 from osm.core.errors import UnknownNameError
-from osm.core.granularity import GRANULARITIES, NS, is_finer, step_ns
+from osm.core.granularity import GRANULARITIES, NS, is_finer, next_open, step_ns
 from osm.core.resample import resample
 from osm.core.rundir import RunDir
 from osm.live.aggregate import (
@@ -64,6 +64,7 @@ from osm.live.aggregate import (
     to_bars,
 )
 from osm.live.bus import feed_token
+from osm.live.feeds import source_class
 from osm.live.service import Service, send_frames
 from osm.live.store import BarStore, JournalRecord, dedupe, read_bars
 
@@ -104,6 +105,7 @@ class _Feed(NamedTuple):
 
 
 _NO_LIMIT = np.iinfo(np.int64).max
+CLOSE_CHECK_S = 0.25  # how often live instruments' forming bars are checked for their end
 _MAX_TOPIC = 64  # longer than any topic of the bar socket
 
 
@@ -147,6 +149,15 @@ class Router(Service):
         self._replies: dict[str, bytes] = {}  # feed -> identity of the peer to acknowledge
         self._partials_at = np.inf  # no forming bar may be published before this monotonic time
         self._next_sync = 0.0
+        live = {
+            i
+            for f in config.feeds
+            if getattr(source_class(f.kind), "live", False)
+            for i in f.instruments
+        }
+        self._live = [self.books[i] for i in sorted(live)]  # bars close by the clock too
+        self._close_grace_ns = int(settings.live_close_s * NS)
+        self._next_close_check = 0.0
 
     def setup(self) -> None:
         self._restore()
@@ -340,11 +351,44 @@ class Router(Service):
                 self._reject_many(REASONS[code], int(count), f"{book.instrument}: {count} ticks")
 
     def idle(self) -> None:
+        self._close_due()
         self._commit()
         self._publish_partials()
         if self.store is not None and time.monotonic() >= self._next_sync:
             self._next_sync = time.monotonic() + self.sync_s
             self.store.sync()
+
+    def _close_due(self) -> None:
+        """Close the forming bars of live instruments whose time has passed (plus a grace).
+
+        A live feed's bar closes when its time is over, as OANDA's candles complete, not only when
+        a later tick arrives (the last bar before a weekend would stay open until Sunday). A
+        replay's bars keep closing on the feed's own clock. A tick that comes for a bar closed
+        this way is late: it is refused as out of order (the last tick time moves to the bar's
+        end), so a bar never closes twice.
+        """
+        if not self._live or time.monotonic() < self._next_close_check:
+            return
+        self._next_close_check = time.monotonic() + CLOSE_CHECK_S
+        due = time.time_ns() - self._close_grace_ns
+        for book in self._live:
+            for g, granularity in enumerate(self.granularities):
+                open_ns = int(book.f_time[g])
+                if open_ns == NO_BAR:
+                    continue
+                end = next_open(open_ns, granularity, self.alignment)
+                if end > due:
+                    continue
+                bars = book.forming(g)
+                closed = wire.Bars.of(book.instrument, granularity, bars)
+                send_frames(self.pub, wire.frames(f"bar.{book.instrument}.{granularity}", closed))
+                book.series[g].extend(bars)
+                self._closed.append(closed)
+                book.f_time[g], book.f_n[g] = NO_BAR, 0
+                book.last = (max(book.last[0], end), book.last[1], book.last[2])
+                book.changed = True
+                self.counters["bars_closed"] += 1
+                self.counters["bars_closed_by_time"] += 1
 
     def _commit(self) -> None:
         """Publish the round's ticks, journal the round, then acknowledge it: an ack means it is

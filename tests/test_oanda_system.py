@@ -204,3 +204,34 @@ def test_kill_9_of_the_trader_between_the_send_and_the_response_sends_nothing_tw
     ids = [(o.get("clientExtensions") or {}).get("id") for o in list(fake.orders.values())]
     ids = [i for i in ids if i]
     assert len(ids) == len(set(ids)), "an order was sent twice"
+
+
+def test_a_live_feeds_bar_closes_by_the_clock_and_a_late_tick_is_refused(
+    home, fake, system, monkeypatch
+):
+    monkeypatch.setenv("OANDA_ACCOUNT", fake.account)
+    monkeypatch.setenv("OANDA_ENVIRONMENT", fake.url)
+    system("--feed", "oanda", "--speed", "0", "--granularities", "S5", "M1")
+    wait_for(lambda: fake._subscribers, 60, "the feeder's pricing stream")
+    step = 5 * 10**9
+    now = time.time_ns()
+    open_ns = now - now % step
+    for i, bid in enumerate((1.10000, 1.10010, 1.10005)):  # then nothing: a quiet market
+        fake.push_price("EUR_USD", bid, bid + 2e-4, open_ns + i)
+    with Client(home, timeout_s=10) as client:
+
+        def closed() -> tuple[np.ndarray] | None:
+            bars = client.bars("EUR_USD", "S5", 10)
+            return (bars,) if len(bars) and int(bars["time"][-1]) == open_ns else None
+
+        [bars] = wait_for(closed, 30, "the S5 bar closed by the clock, no later tick needed")
+        assert int(bars["ticks"][-1]) == 3 and bars["bid_close"][-1] == pytest.approx(1.10005)
+        fake.push_price("EUR_USD", 1.2, 1.2002, open_ns + 3)  # late: its bar is closed
+        wait_for(
+            lambda: process(home, "router")["counters"].get("rejected.out_of_order", 0) >= 1,
+            30,
+            "the late tick refused",
+        )
+        again = client.bars("EUR_USD", "S5", 10)
+    assert list(again["time"]).count(open_ns) == 1, "a bar closed twice"
+    assert process(home, "router")["counters"]["bars_closed_by_time"] >= 1

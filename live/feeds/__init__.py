@@ -11,6 +11,9 @@ acknowledged batch ended. Its contract:
     The next at most `limit` ticks, all of one instrument and in time order; None at the end.
 ``state() -> dict``
     JSON-serialisable values the feeder persists to rebuild the same stream after a restart.
+``live`` (class attribute, default False)
+    True for a live market (its read returns an empty batch when nothing is new): the router
+    then closes its bars when their time has passed, not only when a later tick arrives.
 
 Built-ins are registered by import path (no import at registration); third parties register a class
 with :func:`register_source` or through the ``osm.sources`` entry point group.
@@ -29,6 +32,8 @@ from osm.core.errors import UnknownNameError
 
 
 class Source(Protocol):
+    live: bool
+
     def __init__(self, config: FeedConfig, position: int, state: dict[str, Any]) -> None: ...
 
     def read(self, limit: int) -> tuple[str, np.ndarray] | None: ...

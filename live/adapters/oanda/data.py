@@ -207,6 +207,7 @@ class OandaSource:
     """
 
     wait_s = 0.05
+    live = True  # the router closes its bars by the clock, not only by the next tick
 
     def __init__(self, config: FeedConfig, position: int, state: dict[str, Any]) -> None:
         import os
