@@ -219,9 +219,9 @@ def test_a_brain_whose_strategy_raises_fails_at_the_cap_and_no_secret_is_written
         assert done.returncode == 0, done.stderr
 
         def failed() -> bool:
-            job = _job(home, "x1")
-            job_tokens.update(_tokens([job]))  # each run of the job has its own
-            return job["state"] == "failed"
+            seen = [j for j in status(home)["jobs"] if j["name"] == "x1"]  # [] until picked up
+            job_tokens.update(_tokens(seen))  # each run of the job has its own
+            return seen != [] and seen[0]["state"] == "failed"
 
         wait_for(failed, 300, "the job to fail twice (max_restarts 1)", poll=0.5)
         outputs = [
