@@ -14,7 +14,11 @@ This process owns the client's sockets and polls iopub and shell in one loop:
 - every ``--every`` seconds a trivial ``execute_request`` (``pass``) goes on shell and the time to
   its ``execute_reply`` is one response-time sample;
 - the kernel's RSS (``/proc/<pid>/status``) is read once a second; "before" is after the chart's
-  window first filled (``--warmup`` seconds), "after" at the end.
+  window first filled (``--warmup`` seconds), "after" at the end;
+- before the chart opens, the same execute loop runs ``--baseline`` seconds with the system
+  streaming all the same (``kernel_no_chart_*``): on a 2-core machine the replay's own processes
+  (feeder, router) take most of the CPU flat out, and that part of the kernel's response time is
+  not the chart's.
 
 Browser figures (publish-to-paint at 10 bars/s, 2,000 candles drawn) are not measured here.
 
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +136,21 @@ class Bench:
                 return took, values
         raise TimeoutError(f"no reply to {code!r} in {timeout} s")
 
+    def sample(
+        self, seconds: float, every: float, each_second: Callable[[float], None] | None = None
+    ) -> list[float]:
+        """Send a trivial execute every `every` seconds for `seconds`; return the reply times."""
+        start = time.monotonic()
+        latencies: list[float] = []
+        next_second = start + 1.0
+        while (now := time.monotonic()) < start + seconds:
+            latencies.append(self.execute("pass")[0])
+            if each_second is not None and now >= next_second:
+                each_second(now)
+                next_second += 1.0
+            self.pump(max(0.0, every - (time.monotonic() - now)))
+        return latencies
+
     def pump(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
@@ -138,7 +158,9 @@ class Bench:
                 self._drain_iopub()
 
 
-def run(seconds: float, every: float, warmup: float, speed: str, folder: Path) -> dict[str, Any]:
+def run(
+    seconds: float, every: float, warmup: float, speed: str, baseline: float, folder: Path
+) -> dict[str, Any]:
     home = folder / "home"
     log(f"osm up in {home} (synthetic, speed {speed}, S5)")
     up = osm(home, "up", "--speed", speed, "--start", "2024-03-05T00:00:00Z",
@@ -152,6 +174,10 @@ def run(seconds: float, every: float, warmup: float, speed: str, folder: Path) -
     try:
         bench = Bench(km)
         pid = km.provisioner.process.pid
+        # The same execute loop with no chart, the system streaming all the same: what the
+        # replay's own processes cost the kernel on these cores.
+        log(f"baseline: {baseline:.0f} s of executes without a chart")
+        baseline_lat = bench.sample(baseline, every)
         took, _ = bench.execute(OPEN_CHART.format(window=WINDOW, home=str(home)), timeout=180)
         log(f"chart open in {took:.2f} s; warming up {warmup:.0f} s")
         bench.pump(warmup)
@@ -161,17 +187,15 @@ def run(seconds: float, every: float, warmup: float, speed: str, folder: Path) -
         log(f"{seen0} bars on the chart, kernel RSS {rss0:.1f} MB; streaming {seconds:.0f} s")
         bench.counting = True
         start = time.monotonic()
-        latencies, rss = [], [(0.0, rss0)]
-        next_rss = start + 1.0
-        while (now := time.monotonic()) < start + seconds:
-            latencies.append(bench.execute("pass")[0])
-            if now >= next_rss:
-                rss.append((now - start, rss_mb(pid)))
-                next_rss += 1.0
-                if len(rss) % 5 == 0:
-                    log(f"  {now - start:4.0f} s: {len(bench.comms)} comm messages, "
-                        f"RSS {rss[-1][1]:.1f} MB")  # fmt: skip
-            bench.pump(max(0.0, every - (time.monotonic() - now)))
+        rss = [(0.0, rss0)]
+
+        def each_second(now: float) -> None:
+            rss.append((now - start, rss_mb(pid)))
+            if len(rss) % 5 == 0:
+                log(f"  {now - start:4.0f} s: {len(bench.comms)} comm messages, "
+                    f"RSS {rss[-1][1]:.1f} MB")  # fmt: skip
+
+        latencies = bench.sample(seconds, every, each_second)
         elapsed = time.monotonic() - start
         bench.counting = False
         _, ids = bench.execute("pass", seen="c.seen")
@@ -184,6 +208,7 @@ def run(seconds: float, every: float, warmup: float, speed: str, folder: Path) -
         stop_system(home)
 
     lat_ms = np.array(latencies) * 1e3
+    base_ms = np.array(baseline_lat) * 1e3 if baseline_lat else np.array([np.nan])
     forming = [b for _, cid, b in bench.comms if cid == forming_id]
     per_s = np.bincount([int(t - bench.comms[0][0]) for t, _, _ in bench.comms])
     rss_t, rss_v = np.array(rss).T
@@ -204,6 +229,8 @@ def run(seconds: float, every: float, warmup: float, speed: str, folder: Path) -
         "kernel_p50_ms": round(float(np.percentile(lat_ms, 50)), 2),
         "kernel_p99_ms": round(float(np.percentile(lat_ms, 99)), 2),
         "kernel_max_ms": round(float(lat_ms.max()), 2),
+        "kernel_no_chart_p50_ms": round(float(np.percentile(base_ms, 50)), 2),
+        "kernel_no_chart_p99_ms": round(float(np.percentile(base_ms, 99)), 2),
         "kernel_rss_before_mb": round(rss0, 1),
         "kernel_rss_after_mb": round(rss1, 1),
         "kernel_rss_slope_mb_per_min": round(slope * 60, 2),
@@ -218,10 +245,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=float, default=0.1, help="seconds between executes")
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
     parser.add_argument("--speed", default="0", help="the market's speed: 0 flat out (default)")
+    parser.add_argument(
+        "--baseline",
+        type=float,
+        default=10.0,
+        help="seconds of executes before the chart opens (the system streaming)",
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="osm-widget-bench-"))
     try:
-        result = run(args.seconds, args.every, args.warmup, args.speed, folder)
+        result = run(args.seconds, args.every, args.warmup, args.speed, args.baseline, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(result))

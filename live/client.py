@@ -30,13 +30,12 @@ import zmq
 
 from osm.core import config as cfg
 from osm.core import wire
-from osm.core.dtypes import BAR_DTYPE
 from osm.core.errors import ConfigError, OsmError, SystemNotRunning, WireError
 from osm.core.granularity import OANDA_ALIGNMENT, Alignment, check_granularity
 from osm.core.instruments import instrument as check_instrument
 from osm.core.rundir import RunDir
 from osm.live.bus import make_curve_client
-from osm.live.follow import BarMerge
+from osm.live.follow import BarMerge, join_bars
 
 log = logging.getLogger(__name__)
 
@@ -318,14 +317,18 @@ class Client:
         count: int = 500,
         sink: Callable[[Batch], None] | None = None,
         hz: float = 4.0,
+        only_last: bool = False,
     ) -> Follower:
         """Start following one series: `count` bars of history, then live bars, the forming bar,
         fills and positions, handed to `sink` in batches at most `hz` times a second.
 
         `sink` runs on the follower's thread; without one, read batches with
         :meth:`Follower.get`. Stop it with :meth:`Follower.stop` (or :meth:`close`).
+        `only_last`: the sink keeps only the newest `count` bars (a chart), so a gap with `count`
+        newer bars behind it is skipped over rather than filled from history (see
+        :mod:`osm.live.follow`); the bars skipped are counted in :attr:`Batch.skipped`.
         """
-        follower = Follower(self, instrument, granularity, count, sink, hz)
+        follower = Follower(self, instrument, granularity, count, sink, hz, only_last)
         self._followers.add(follower)
         follower.start()
         return follower
@@ -347,8 +350,10 @@ class Batch(NamedTuple):
         The latest position of each instrument that changed (``wire.Position``).
     skipped
         Closed bars that came between the last batch and this one but are older than the last
-        `count` (the series closes bars faster than the sink is fed): not handed, counted here so
-        a consumer that numbers bars keeps its count.
+        `count` (the series closes bars faster than the sink is fed), or that a follower with
+        `only_last` skipped over with a gap (see :mod:`osm.live.follow`): not handed, counted
+        here so a consumer that numbers bars keeps its count. Bars lost in a gap skipped over
+        (never received) are not counted.
     """
 
     bars: np.ndarray
@@ -403,7 +408,7 @@ class _Held:
     def take(self, last_time: int, parse: Callable[[list[bytes]], tuple[str, Any]]) -> Batch:
         """Empty the holding into a batch; a forming bar at or before `last_time` is dropped
         (it closed meanwhile)."""
-        closed = np.concatenate(self.bars) if self.bars else np.empty(0, BAR_DTYPE)
+        closed = join_bars(self.bars)
         skipped = self.skipped
         forming = closed[:0]
         if self.forming is not None:
@@ -447,6 +452,7 @@ class Follower:
         count: int,
         sink: Callable[[Batch], None] | None,
         hz: float,
+        only_last: bool = False,
     ) -> None:
         check_instrument(instrument)
         check_granularity(granularity)
@@ -455,7 +461,7 @@ class Follower:
         if not hz > 0:
             raise ConfigError(f"hz must be positive (batches a second), got {hz}")
         self.instrument, self.granularity, self.hz = instrument, granularity, hz
-        self.merge = BarMerge(granularity, count, client.alignment())
+        self.merge = BarMerge(granularity, count, client.alignment(), only_last)
         self.error: BaseException | None = None
         self.batches_sent = 0
         self._client = client
@@ -545,14 +551,21 @@ class Follower:
         held = _Held(self.merge.count)
         sent: object = None  # the request last sent, to send each once (and retry)
         sent_at = 0.0
+        # Each request carries a tag frame the router echoes (its envelope), so an answer to a
+        # request the merge no longer waits for (dropped when it skipped ahead, or a retry's
+        # twin) is never taken for the answer to a newer one.
+        tags = itertools.count()
+        tag = b""
         interval = 1.0 / self.hz
         next_flush = next_drain = 0.0
         while not self._stopping.is_set():
             wanted = self.merge.wanted
             now = time.monotonic()
             if wanted is not None and (wanted is not sent or now - sent_at > HISTORY_RETRY_S):
+                if wanted is not sent:
+                    tag = b"%d" % next(tags)
                 request = wire.HistoryRequest(i, g, wanted.count, wanted.end_ns)
-                history.send_multipart(wire.frames("history", request))
+                history.send_multipart([tag, *wire.frames("history", request)])
                 sent, sent_at = wanted, now
             # Between drains the subscription is not polled: messages wait in its queue and are
             # read in one chunk, instead of waking this thread (and taking the GIL) for each.
@@ -567,11 +580,17 @@ class Follower:
             if read and read < DRAIN_MAX:
                 next_drain = time.monotonic() + DRAIN_GAP_S
             if history in events:
-                topic, message = self._parse(history.recv_multipart())
-                if isinstance(message, wire.Bars):
+                answer, *parts = history.recv_multipart()
+                topic, message = self._parse(parts)
+                if answer != tag or self.merge.wanted is not sent:
+                    self.merge.counters["history_stale"] += 1
+                elif isinstance(message, wire.Bars):
                     held.add_bars(self.merge.history(message.array()))
                 elif isinstance(message, wire.Reply):
                     raise CommandFailed(f"the router refused the history request: {message.error}")
+            if self.merge.skipped:
+                held.skipped += self.merge.skipped
+                self.merge.skipped = 0
             now = time.monotonic()
             if held and now >= next_flush and self.merge.warm:
                 batch = held.take(self.merge.last_time, self._parse)
@@ -610,7 +629,7 @@ class Follower:
                 elif isinstance(message, wire.Fill):
                     held.fills.append(message)
         if live:
-            held.add_bars(self.merge.live(np.concatenate(live) if len(live) > 1 else live[0]))
+            held.add_bars(self.merge.live(join_bars(live) if len(live) > 1 else live[0]))
         return read
 
     def _parse(self, parts: list[bytes]) -> tuple[str, wire.AnyMessage | None]:

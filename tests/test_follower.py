@@ -173,14 +173,59 @@ def test_follow_without_a_system_says_how_to_start_one(home):
     assert not [t for t in threading.enumerate() if t.name.startswith("osm-follow")]
 
 
-def test_merge_fast_path_matches_the_bar_by_bar_way(monkeypatch):
-    """Chunks of in-order bars (with repeats, gaps and disorder mixed in) give the same bars and
-    counters whether or not the vectorised run-after-last path is taken."""
-    rng = np.random.default_rng(7)
+class OracleMerge:
+    """The merge's rules bar by bar, in plain Python (M1: every minute follows the one before)."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.last, self.checked = count, -1, -1
+        self.wanted: tuple[int, int | None] | None = (count, None)
+        self.pending: dict[int, int] = {}
+        self.counters = {"seen_twice": 0, "gaps": 0, "history_bars": 0}
+
+    def live(self, ms: list[int]) -> list[int]:
+        for t in ms:
+            if t <= self.last or t in self.pending:
+                self.counters["seen_twice"] += 1
+            else:
+                self.pending[t] = t
+        return self.advance([])
+
+    def history(self, ms: list[int]) -> list[int]:
+        end, self.wanted = self.wanted[1], None
+        ms = sorted(t for t in ms if end is None or t < end)
+        if end is not None:
+            self.checked = end
+        taken = [t for t in ms if t > self.last]
+        self.counters["history_bars"] += len(taken)
+        self.last = taken[-1] if taken else self.last
+        return self.advance(taken)
+
+    def advance(self, taken: list[int]) -> list[int]:
+        if self.wanted is None:
+            for t in sorted(self.pending):
+                del self.pending[t]
+                if t <= self.last:
+                    self.counters["seen_twice"] += 1
+                    continue
+                if not (self.last >= 0 and t <= self.last + 1) and t > self.checked:
+                    self.pending[t] = t
+                    self.counters["gaps"] += 1
+                    gap = self.count if self.last < 0 else max(self.count, t - self.last)
+                    self.wanted = (gap, t)
+                    break
+                taken.append(t)
+                self.last = t
+        return taken
+
+
+def random_chunks(seed: int, n: int = 200) -> tuple[list[list[int]], int]:
+    """Live minutes as a router might send them: in order mostly, with republished bars, jumps
+    over dropped bars (never sent live again), reversed chunks."""
+    rng = np.random.default_rng(seed)
     chunks, m = [], 0
-    for _ in range(200):
-        n = int(rng.integers(0, 6))
-        chunk = list(range(m + 1, m + 1 + n))
+    for _ in range(n):
+        k = int(rng.integers(0, 6))
+        chunk = list(range(m + 1, m + 1 + k))
         if rng.random() < 0.2 and m > 2:
             chunk = [m - 1, m, *chunk]  # a republished bar
         if rng.random() < 0.1:
@@ -189,23 +234,98 @@ def test_merge_fast_path_matches_the_bar_by_bar_way(monkeypatch):
             chunk = chunk[::-1]
         m = max([m, *chunk])
         chunks.append(chunk)
+    return chunks, m
 
-    def run(fast: bool) -> tuple[list[int], dict]:
-        merge = BarMerge("M1", 4)
-        if not fast:
-            monkeypatch.setattr(merge, "_run_after_last", lambda bars: None)
-        out = minutes(merge.history(bars_at(0)))
+
+def answer(wanted: Wanted, upto: int) -> np.ndarray:
+    """The router's answer from a complete series of minutes 0..upto."""
+    end = upto + 1 if wanted.end_ns is None else (wanted.end_ns - T0) // M1
+    return bars_at(*range(max(0, end - wanted.count), end))
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_merge_matches_the_bar_by_bar_oracle(monkeypatch, seed):
+    """Chunks of in-order bars (with repeats, gaps and disorder mixed in) give the oracle's bars
+    and counters, with or without the vectorised run-after-last path; every minute once."""
+    chunks, m = random_chunks(seed)
+
+    def run(merge) -> tuple[list[int], dict]:
+        out = list(merge.history([0]) if isinstance(merge, OracleMerge) else [])
+        if not isinstance(merge, OracleMerge):
+            out = minutes(merge.history(bars_at(0)))
         for chunk in chunks:
+            if isinstance(merge, OracleMerge):
+                out += merge.live(chunk)
+                if merge.wanted is not None:
+                    count, end = merge.wanted
+                    out += merge.history(list(range(max(0, end - count), end)))
+                continue
             out += minutes(merge.live(bars_at(*chunk)))
             if merge.wanted is not None:
-                end = merge.wanted.end_ns
-                before = [k for k in range(m + 10) if T0 + k * M1 < end][-4:]
-                out += minutes(merge.history(bars_at(*before)))
-        return out, dict(merge.counters)
+                out += minutes(merge.history(answer(merge.wanted, m)))
+        return out, {k: merge.counters[k] for k in ("seen_twice", "gaps", "history_bars")}
 
-    fast, slow = run(True), run(False)
-    assert fast == slow
-    assert fast[0] == sorted(set(fast[0])) and len(fast[0]) > 300
+    fast = run(BarMerge("M1", 4))
+    slow_merge = BarMerge("M1", 4)
+    monkeypatch.setattr(slow_merge, "_run_after_last", lambda bars: None)
+    assert fast == run(slow_merge) == run(OracleMerge(4))
+    # The gap requests reach back to the last bar taken: no minute is missing.
+    assert fast[0] == list(range(fast[0][-1] + 1)) and len(fast[0]) > 300
+
+
+def test_only_last_skips_a_gap_once_count_bars_wait_behind_it():
+    merge = BarMerge("M1", 5, only_last=True)
+    assert minutes(merge.history(bars_at(0, 1))) == [0, 1]
+    assert minutes(merge.live(bars_at(4))) == []
+    assert merge.wanted == Wanted(5, T0 + 4 * M1)  # only_last asks no more than count
+    assert minutes(merge.live(bars_at(5, 6, 7))) == []  # four wait: history could still matter
+    # Six wait: whatever history says is older than the newest five; skip ahead to them.
+    assert minutes(merge.live(bars_at(8, 9))) == [5, 6, 7, 8, 9]
+    assert merge.wanted is None and merge.skipped == 1
+    assert merge.counters["history_dropped"] == 1 and merge.counters["skips_ahead"] == 1
+    assert minutes(merge.history(bars_at(2, 3))) == []  # the late answer is stale
+    assert merge.counters["history_stale"] == 1
+    assert minutes(merge.live(bars_at(10))) == [10]
+    # Without only_last the same sequence waits for history and fills the gap.
+    merge = BarMerge("M1", 5)
+    merge.history(bars_at(0, 1))
+    for ms in ((4,), (5, 6, 7), (8, 9)):
+        assert minutes(merge.live(bars_at(*ms))) == []
+    assert minutes(merge.history(bars_at(2, 3))) == [2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_only_last_hands_the_newest_count_bars_once_in_order_under_a_slow_router(seed):
+    """History answers come late (a saturated router) or never: the merge skips ahead, yet each
+    bar is handed at most once, in order, and whenever it waits for nothing the newest `count`
+    handed are the series' last `count` up to the newest, exactly; every live bar is handed,
+    skipped (counted) or still pending."""
+    count = 6
+    chunks, m = random_chunks(seed, 400)
+    rng = np.random.default_rng(seed)
+    merge = BarMerge("M1", count, only_last=True)
+    handed: list[int] = []
+    received: set[int] = set()
+    skipped = 0
+    delay = 0
+    for chunk in chunks:
+        received.update(chunk)
+        handed += minutes(merge.live(bars_at(*chunk)))
+        if merge.wanted is not None:
+            delay = delay or int(rng.integers(1, 8))  # chunks until the router answers
+            delay -= 1
+            if delay == 0:
+                handed += minutes(merge.history(answer(merge.wanted, m)))
+        skipped += merge.skipped
+        merge.skipped = 0
+        assert handed == sorted(set(handed)), "a bar came twice or out of order"
+        if merge.wanted is None and len(handed) >= count:
+            assert handed[-count:] == list(range(handed[-1] - count + 1, handed[-1] + 1))
+    pending = set(minutes(merge._pending))
+    # The bars skipped are exactly the live bars neither handed nor waiting, each counted once.
+    assert skipped == len(received - set(handed) - pending) > 0
+    assert skipped == merge.counters["bars_skipped_ahead"]
+    assert merge.counters["skips_ahead"] > 0 and len(handed) > 300
 
 
 def test_held_bars_stay_bounded_and_count_what_they_skip():

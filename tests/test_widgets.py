@@ -91,10 +91,10 @@ def bars(start: int, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def batch(closed=None, forming=None, fills=()) -> Batch:
+def batch(closed=None, forming=None, fills=(), skipped=0) -> Batch:
     none = empty_bars(0)
     return Batch(none if closed is None else closed, none if forming is None else forming,
-                 list(fills), [])  # fmt: skip
+                 list(fills), [], skipped)  # fmt: skip
 
 
 def mid_ohlc(rows: np.ndarray) -> np.ndarray:
@@ -113,7 +113,8 @@ def test_chart_holds_exactly_the_last_window_bars_with_overlays(recorded):
     for lo, hi in ((0, 1), (1, 9), (9, 30), (30, 31), (31, 57)):
         view.apply(batch(all_bars[lo:hi]))
     last = all_bars[-20:]
-    np.testing.assert_array_equal(view.candles.x, np.arange(37, 57, dtype=np.float64))
+    # x counts back from the newest closed bar (-1); the forming bar is at 0.
+    np.testing.assert_array_equal(view.candles.x, np.arange(-20, 0, dtype=np.float64))
     assert view.candles.x.dtype == np.float64 and view.candles.y.dtype == np.float64
     np.testing.assert_allclose(view.candles.y, mid_ohlc(last), rtol=0, atol=1e-12)
     # The overlays are the strategy's moving averages of the mid close (a pandas oracle),
@@ -123,10 +124,14 @@ def test_chart_holds_exactly_the_last_window_bars_with_overlays(recorded):
         np.testing.assert_allclose(row, closes.rolling(n).mean().to_numpy()[-20:], atol=1e-12)
     assert list(view.lines.labels) == ["sma 3", "sma 8"]
     assert set(view.x_axis.tick_labels) <= set(view.candles.x.astype(int))
-    assert view.x_axis.tick_labels[56] == "03-05 08:56"
+    assert view.x_axis.tick_labels[-1] == "03-05 08:56"
     # Sent as binary float64 buffers, never JSON lists or int64.
     _, data, buffers = messages_to(recorded, view.candles)[-1]
-    assert buffers and data["state"]["x"]["dtype"] == "float64"
+    assert buffers and data["state"]["y"]["dtype"] == "float64"
+    # Once the window is full x is the same every time: only y travels.
+    assert "x" not in data["state"]
+    assert any(d["state"].get("x", {}).get("dtype") == "float64"
+               for _, d, _ in messages_to(recorded, view.candles))  # fmt: skip
 
 
 def test_forming_bar_updates_in_place_with_small_messages(recorded):
@@ -139,7 +144,7 @@ def test_forming_bar_updates_in_place_with_small_messages(recorded):
         forming["bid_close"] += 1e-5 * k
         view.apply(batch(forming=forming.copy()))
         # Two rows: the last closed bar, invisible, then the forming bar.
-        np.testing.assert_array_equal(view.forming.x, [499.0, 500.0])
+        np.testing.assert_array_equal(view.forming.x, [-1.0, 0.0])
         np.testing.assert_allclose(view.forming.y[1], mid_ohlc(forming)[0])
         np.testing.assert_array_equal(view.forming.y[0], view.candles.y[-1])
     # bqplot sizes a candle by the smallest x step within its own mark (a lone candle gets half
@@ -155,19 +160,38 @@ def test_forming_bar_updates_in_place_with_small_messages(recorded):
     closed = forming.copy()
     closed["complete"] = True
     view.apply(batch(closed))
-    assert view.candles.x[-1] == 500.0 and len(view.candles.x) == 500
+    assert view.candles.x[-1] == -1.0 and len(view.candles.x) == 500
+    np.testing.assert_allclose(view.candles.y[-1], mid_ohlc(closed)[0])
     assert len(view.forming.x) == 0
     # The next bar forms one step further on, beside the bar that just closed.
     following = bars(501, 1)
     following["complete"] = False
     view.apply(batch(forming=following))
-    np.testing.assert_array_equal(view.forming.x, [500.0, 501.0])
+    np.testing.assert_array_equal(view.forming.x, [-1.0, 0.0])
     np.testing.assert_array_equal(view.forming.y[0], view.candles.y[-1])
     following["complete"] = True
     view.apply(batch(following))
     # A forming update late for a bar already closed is not drawn.
     view.apply(batch(forming=forming))
     assert len(view.forming.x) == 0
+
+
+def test_bars_the_follower_skipped_still_count_in_the_index(recorded):
+    view = LiveChart("EUR_USD", "M1", window=10)
+    view.apply(batch(bars(0, 12)))
+    assert view.seen == 12
+    # The follower fell behind: 30 bars were skipped (counted, not handed), then 4 came.
+    sent = len(recorded)
+    view.apply(batch(skipped=30))  # nothing to draw yet: the count waits for the bars
+    assert view.seen == 12 and len(recorded) == sent
+    view.apply(batch(bars(42, 4), skipped=5))
+    assert view.seen == 12 + 35 + 4
+    np.testing.assert_array_equal(view.candles.x, np.arange(-10, 0, dtype=np.float64))
+    np.testing.assert_allclose(view.candles.y[-4:], mid_ohlc(bars(42, 4)), rtol=0, atol=1e-12)
+    forming = bars(46, 1)
+    forming["complete"] = False
+    view.apply(batch(forming=forming))
+    assert "51 bars" in view.status.value
 
 
 def test_fills_become_markers_at_their_bar(recorded):
@@ -179,11 +203,51 @@ def test_fills_become_markers_at_their_bar(recorded):
         Fill("d", "b", "USD_JPY", 1000, 150.0, T0 + 5 * M1),  # another instrument
     ]
     view.apply(batch(fills=fills))
-    np.testing.assert_array_equal(view.buys.x, [4.0])
+    np.testing.assert_array_equal(view.buys.x, [-6.0])  # bar 4 of 10
     np.testing.assert_array_equal(view.buys.y, [1.1001])
-    np.testing.assert_array_equal(view.sells.x, [10.0])
+    np.testing.assert_array_equal(view.sells.x, [0.0])  # the forming bar
     view.apply(batch(bars(10, 8)))  # the buy's bar rolls out of view
-    assert len(view.buys.x) == 0 and list(view.sells.x) == [10.0]
+    assert len(view.buys.x) == 0 and list(view.sells.x) == [-8.0]
+
+
+def test_scales_move_only_when_the_candles_leave_them(recorded):
+    """Every move of a scale's domain redraws every candle in the browser: x never moves, y
+    only when the candles reach out of it or fill less than half of it."""
+    view = LiveChart("EUR_USD", "M1", window=50)
+    x, y = view.candles.scales["x"], view.candles.scales["y"]
+    assert (x.min, x.max) == (-50.5, 0.5)
+    flat = bars(0, 60)
+    for side in ("bid", "ask"):  # a quiet market: every bar in 1.1000 .. 1.1010
+        flat[f"{side}_low"], flat[f"{side}_high"] = 1.1000, 1.1010
+        flat[f"{side}_open"], flat[f"{side}_close"] = 1.1003, 1.1006
+    view.apply(batch(flat[:50]))
+    assert y.min == pytest.approx(1.1000 - 1e-4) and y.max == pytest.approx(1.1010 + 1e-4)
+    moves = len(messages_to(recorded, y))
+    for k in range(50, 60):  # ten more bars and their forming bars inside the range
+        forming = flat[k : k + 1].copy()
+        forming["complete"] = False
+        view.apply(batch(forming=forming))
+        view.apply(batch(flat[k : k + 1]))
+    assert len(messages_to(recorded, y)) == moves
+    assert not messages_to(recorded, x)
+    # A forming bar above the range widens it at once; the next closed bars refit it.
+    spike = bars(60, 1)
+    for side in ("bid", "ask"):
+        spike[f"{side}_high"] = spike[f"{side}_close"] = 1.1030
+        spike[f"{side}_low"] = spike[f"{side}_open"] = 1.1005
+    forming = spike.copy()
+    forming["complete"] = False
+    view.apply(batch(forming=forming))
+    assert y.max >= 1.1030 and y.min <= 1.1000
+    view.apply(batch(spike))
+    assert y.min <= 1.1000 and y.max >= 1.1030 and len(messages_to(recorded, y)) > moves
+    # The candles in view all sit well inside: a range more than twice theirs is refitted.
+    calm = bars(61, 50)
+    for side in ("bid", "ask"):
+        calm[f"{side}_low"], calm[f"{side}_high"] = 1.1000, 1.1002
+        calm[f"{side}_open"], calm[f"{side}_close"] = 1.1001, 1.1001
+    view.apply(batch(calm))
+    assert y.min == pytest.approx(1.1000 - 2e-5) and y.max == pytest.approx(1.1002 + 2e-5)
 
 
 def test_ohlc_rows_keep_high_and_low_the_extremes(recorded):
@@ -225,7 +289,7 @@ def test_streaming_chart_respects_the_throttle_and_stops_on_close(home, system, 
     elapsed = window[-1][0] - window[0][0]
     per_batch = 6  # candles, lines, axis, forming, buys, sells
     assert len(window) / max(elapsed, 1.0) <= 4 * per_batch + per_batch
-    assert len(view.candles.x) == 50 and view.candles.x[-1] == view.seen - 1
+    assert len(view.candles.x) == 50 and view.candles.x[-1] == -1
     assert np.all(np.diff(view.series.view["time"]) > 0)
     with Client(home) as client:
         stored = client.bars("EUR_USD", "S5", 200)

@@ -3,8 +3,15 @@ the fills, fed by a follower (:meth:`osm.live.client.Client.follow`).
 
 Layout of the figure (bqplot):
 
-- x is the bar's index (0 the first bar the chart saw), not its time, so a weekend does not
-  squeeze the candles; the x axis labels a few indices with their UTC open time.
+- x counts bars, not time, so a weekend does not squeeze the candles: the newest closed bar is at
+  -1, the one before at -2, the forming bar at 0; the x axis labels a few of them with their UTC
+  open time.
+- Both scales are fixed by the chart, not by the data, because in bqplot a mark redraws whenever
+  a scale's domain moves and every mark's data moves it: with data-driven scales the 500 closed
+  candles were redrawn three times per update (their own data, then the x and y domains moved by
+  the other marks), which is most of the browser's work. x spans the window for good; y is fitted
+  to the candles in view with a margin and moves only when they leave it or fill less than half
+  of it.
 - ``candles``: an OHLC mark of the closed bars in view (mid prices, float64 ``(n, 4)``).
 - ``forming``: a second OHLC mark holding the last closed bar (invisible) and the forming bar, so
   a tick sends one short message (two rows) and the closed candles are resent once per closed
@@ -128,7 +135,8 @@ class LiveChart:
         self.strategy = strategy
         warmup = (strategy.warmup or 0) if strategy is not None else 0
         self.series = BarSeries(window + warmup, None, instrument, granularity)
-        self.seen = 0  # closed bars taken: the next one's index
+        self.seen = 0  # closed bars taken or skipped: the next one's index
+        self._skipped = 0  # skipped bars not yet counted in `seen` (counted with the next bars)
         self.follower: Follower | None = None
         self.closed = False
         self._fills: list[tuple[int, int, float]] = []  # (time_ns, units, price)
@@ -141,7 +149,8 @@ class LiveChart:
                 self._fills.append((int(fill["time_ns"]), int(fill["units"]), fill["price"]))
 
     def _build(self) -> None:
-        x, y = bq.LinearScale(), bq.LinearScale()
+        x = bq.LinearScale(min=-self.window - 0.5, max=0.5)
+        y = bq.LinearScale()
         scales = {"x": x, "y": y}
         empty_x, empty_y = np.empty(0), np.empty((0, 4))
         self.candles = bq.OHLC(
@@ -197,9 +206,13 @@ class LiveChart:
                 if f.instrument == self.instrument
             ]
             self._fills.extend(fills)
+            # Bars the follower skipped (it fell behind) still count in the index, so the x
+            # axis numbers every bar the series made, not only those drawn.
+            self._skipped += batch.skipped
             if len(batch.bars):
                 self.series.extend(batch.bars)
-                self.seen += len(batch.bars)
+                self.seen += self._skipped + len(batch.bars)
+                self._skipped = 0
                 self._draw_closed()
             if len(batch.bars) or fills:
                 self._draw_fills()
@@ -212,11 +225,13 @@ class LiveChart:
     def _draw_closed(self) -> None:
         bars = self.series.view
         shown = bars[-self.window :]
-        x = np.arange(self.seen - len(shown), self.seen, dtype=np.float64)
+        x = np.arange(-len(shown), 0, dtype=np.float64)
+        rows = _ohlc(shown)
+        drawn = overlays(self.strategy, bars)
+        self._fit_y(rows, drawn, len(shown))
         with self.candles.hold_sync():
             self.candles.x = x
-            self.candles.y = _ohlc(shown)
-        drawn = overlays(self.strategy, bars)
+            self.candles.y = rows
         if drawn:
             with self.lines.hold_sync():
                 self.lines.x = x
@@ -242,8 +257,9 @@ class LiveChart:
             return
         # Row 0 is the last closed bar, drawn with opacity 0: it gives the forming candle the
         # closed candles' width and lies inside their y range, so it moves no axis.
-        x = np.array([self.seen - 1.0, float(self.seen)])
+        x = np.array([-1.0, 0.0])
         y = _ohlc(np.concatenate([self.series.view[-1:], forming[:1]]))
+        self._fit_y(y[1:])
         with self.forming.hold_sync():
             if not np.array_equal(self.forming.x, x):
                 self.forming.x = x
@@ -264,7 +280,7 @@ class LiveChart:
             if position < 0 or index < shown_from:
                 continue  # rolled out of view: forget it
             kept.append((t, units, price))
-            xs.append(float(index))
+            xs.append(float(index - self.seen))
             ys.append(price)
             sides.append(units > 0)
         self._fills = kept
@@ -272,6 +288,36 @@ class LiveChart:
         for mark, pick in ((self.buys, buy), (self.sells, ~buy)):
             with mark.hold_sync():
                 mark.x, mark.y = xs_a[pick], ys_a[pick]
+
+    def _fit_y(
+        self, rows: np.ndarray, overlays: dict[str, np.ndarray] | None = None, shown: int = 0
+    ) -> None:
+        """Keep the y scale around the OHLC `rows` (and the last `shown` values of each
+        overlay): refit with a 10% margin when they reach out of it or, for the closed candles
+        (`shown` > 0), span less than half of it; otherwise leave it, so most updates move no
+        domain. The forming bar (`shown` 0) only ever widens it."""
+        if not len(rows):
+            return
+        lows, highs = [rows.min()], [rows.max()]
+        for values in (overlays or {}).values():
+            tail = values[-shown:] if shown else values[:0]
+            tail = tail[np.isfinite(tail)]
+            if len(tail):
+                lows.append(tail.min())
+                highs.append(tail.max())
+        lo, hi = float(min(lows)), float(max(highs))
+        y = self.candles.scales["y"]
+        if y.min is not None and y.max is not None:
+            inside = y.min <= lo and hi <= y.max
+            if not shown:  # the forming bar only widens the range
+                if inside:
+                    return
+                lo, hi = min(lo, y.min), max(hi, y.max)
+            elif inside and hi - lo >= (y.max - y.min) / 2:
+                return
+        pad = (hi - lo) * 0.1 or abs(hi) * 1e-4 or 1e-4
+        with y.hold_sync():
+            y.min, y.max = lo - pad, hi + pad
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -364,7 +410,9 @@ def chart(
     view = LiveChart(instrument, granularity, strategy, window, fills=fills)
     warmup = (strategy.warmup or 0) if strategy is not None else 0
     try:
-        view.follower = client.follow(instrument, granularity, window + warmup, view.apply, hz)
+        view.follower = client.follow(
+            instrument, granularity, window + warmup, view.apply, hz, only_last=True
+        )
     except Exception:
         view.close()
         client.close()
