@@ -184,18 +184,7 @@ def promote(session: Session, args: argparse.Namespace) -> Any:
     """Check a strategy (lookahead, parity) and register it as a live-brain job."""
     from osm.live.promote import promote as run_promote
 
-    return run_promote(
-        RunDir(session.home(args.home)),
-        args.strategy,
-        dict(map(cli._param, args.param or [])),
-        instrument=args.instrument,
-        granularity=args.granularity,
-        size=args.size,
-        window=args.window,
-        name=args.name,
-        bars=args.bars,
-        replace=args.replace,
-    )
+    return run_promote(RunDir(session.home(args.home)), **cli.promote_arguments(args))
 
 
 def jobs(session: Session, args: argparse.Namespace) -> pd.DataFrame | str:

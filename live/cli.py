@@ -462,21 +462,34 @@ def cmd_promote(home: Path, args: argparse.Namespace) -> int:
     """Check a strategy (lookahead, parity) and register it as a live-brain job; 2 if refused."""
     from osm.live.promote import promote
 
-    done = promote(
-        RunDir(home),
-        args.strategy,
-        dict(map(_param, args.param or [])),
-        instrument=args.instrument,
-        granularity=args.granularity,
-        size=args.size,
-        window=args.window,
-        name=args.name,
-        bars=args.bars,
-        python_path=[str(Path.cwd())],
-        replace=args.replace,
-    )
-    print(done)
+    print(promote(RunDir(home), **promote_arguments(args)))
     return 0
+
+
+def promote_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments of :func:`osm.live.promote.promote` that `osm promote` (or `%osm promote`)
+    was given; strategy modules are looked for in the working folder first."""
+    from osm.research.walkforward import ParameterSchedule
+
+    schedule = ParameterSchedule.load(args.schedule) if args.schedule else None
+    strategy = args.strategy or (schedule.strategy if schedule is not None else None)
+    if strategy is None:
+        raise ConfigError("give the strategy (MODULE:CLASS) or --schedule FILE (a walk-forward's)")
+    if schedule is not None and args.param:
+        raise ConfigError("--param and --schedule exclude each other: the schedule has the params")
+    return {
+        "strategy": strategy,
+        "params": dict(map(_param, args.param or [])),
+        "instrument": args.instrument,
+        "granularity": args.granularity,
+        "size": args.size,
+        "window": args.window,
+        "name": args.name,
+        "bars": args.bars,
+        "python_path": [str(Path.cwd())],
+        "replace": args.replace,
+        "schedule": schedule,
+    }
 
 
 def _window_text(job: dict[str, Any]) -> str:
@@ -775,7 +788,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote = sub.add_parser(
         "promote", parents=[common], help="check a strategy and register it as a live-brain job"
     )
-    promote.add_argument("strategy", metavar="MODULE:CLASS")
+    promote.add_argument("strategy", metavar="MODULE:CLASS", nargs="?")
+    promote.add_argument(
+        "--schedule",
+        metavar="FILE",
+        help="a walk-forward's parameter schedule (JSON) to trade instead of --param values",
+    )
     promote.add_argument(
         "--param", action="append", metavar="NAME=VALUE", help="strategy parameter"
     )

@@ -156,6 +156,7 @@ def replay_job(
     commission: float = 0.0,
     progress: Callable[[int], None] | None = None,
     say: Callable[[str], None] | None = None,
+    schedule: Any = None,
 ) -> LiveRun:
     """Promote `strategy` in the run directory `home`, replay `bars` through the live path with the
     job as the brain, stop everything and return what happened.
@@ -168,6 +169,8 @@ def replay_job(
         Called with the number of decisions journaled so far, from the first closed bar on.
     say
         Called with a line at each step (promoted, system up, job running, stopped).
+    schedule
+        A :class:`~osm.research.walkforward.ParameterSchedule` the job trades instead of `params`.
     """
     from osm.live.promote import promote
 
@@ -182,6 +185,7 @@ def replay_job(
         window=window,
         name=job,
         bars=bars if gate_bars is None else gate_bars,
+        schedule=schedule,
     )
     say(f"{promotion.lookahead}; {promotion.parity}")
     rundir.secure()  # what this process wrote is private before the system starts

@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,9 +32,11 @@ from osm.core.rundir import RunDir
 from osm.live.brain import Brain
 from osm.live.jobs import rotating_handler
 from osm.live.preflight import importable_from
+from osm.research.walkforward import ParameterSchedule
 from osm.strategies.base import load_strategy
 
 REQUIRED = ("strategy", "job", "home")
+_log = logging.getLogger("osm.jobbrain")
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,70 @@ class BrainRun:
         printer.text(str(self))
 
 
+class ScheduleFollower:
+    """The parameters a parameter schedule file (a walk-forward's) puts in force at a bar.
+
+    The file is read again whenever it changes (a nightly re-optimisation rewrites it), so a
+    running brain trades the new schedule from its next bar on. A file that cannot be read or is
+    not a valid schedule for the strategy is logged and the last good one kept: trading goes on.
+    """
+
+    def __init__(self, path: str | Path, strategy: str) -> None:
+        self.path, self.strategy = Path(path), strategy
+        self._stamp: tuple[int, int] | None = None
+        self.schedule = self._read()  # a bad file at start fails the job at once, named
+        self.reloads = 0
+
+    def _read(self) -> ParameterSchedule:
+        try:
+            schedule = ParameterSchedule.load(self.path)
+        except FileNotFoundError:
+            raise ConfigError(f"parameter schedule {self.path} does not exist") from None
+        if schedule.strategy != self.strategy:
+            raise ConfigError(
+                f"parameter schedule {self.path} is for {schedule.strategy}, not {self.strategy}"
+            )
+        for entry in schedule.entries:
+            load_strategy(self.strategy)(**entry.params)  # a misspelt parameter fails here, named
+        stat = self.path.stat()
+        self._stamp = (stat.st_mtime_ns, stat.st_size)
+        return schedule
+
+    def params_at(self, bar_ns: int) -> dict[str, Any] | None:
+        """The parameters in force for the bar that opens at `bar_ns`; None before the schedule."""
+        try:
+            stat = self.path.stat()
+            if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+                self.schedule = self._read()
+                self.reloads += 1
+                _log.info("parameter schedule %s read again: %d entries", self.path,
+                          len(self.schedule.entries))  # fmt: skip
+        except (OSError, OsmError) as exc:
+            _log.warning("parameter schedule %s not read again, the last one stays: %s",
+                         self.path, exc)  # fmt: skip
+        try:
+            return self.schedule.params_at(bar_ns)
+        except ValueError:
+            return None
+
+
 class _JobBrain(Brain):
-    """A brain that also stops at a wall-clock time (the end of the job's window)."""
+    """A brain that also stops at a wall-clock time (the end of the job's window) and may trade a
+    parameter schedule."""
 
     until_ns: int | None = None
+    schedule: ScheduleFollower | None = None
+    _scheduled: dict[str, Any] | None = None  # the schedule's parameters now traded
+
+    def _decide(self) -> None:
+        if self.schedule is not None:
+            params = self.schedule.params_at(self._last_time())
+            if params is not None and params != self._scheduled:
+                self.strategy = load_strategy(self.spec.strategy)(**params)
+                self._scheduled = params
+                self.counters["schedule_switches"] += 1
+                self.log.info("trading %s from the bar at %d on", params, self._last_time())
+        super()._decide()
 
     def idle(self) -> None:
         super().idle()
@@ -126,8 +189,10 @@ def run_brain(
     job: str | None,
     home: str | None,
     until: str | None = None,
+    params_schedule: str | None = None,
 ) -> BrainRun:
-    """Run the job's brain against the system in `home` until SIGTERM or `until` (ISO UTC)."""
+    """Run the job's brain against the system in `home` until SIGTERM or `until` (ISO UTC),
+    trading `params` or, when given, the parameter schedule file `params_schedule`."""
     if home in (None, ""):
         raise ConfigError("parameter 'home' is missing: pass the run directory with -p home DIR")
     rundir = RunDir(home)
@@ -142,9 +207,11 @@ def run_brain(
         raise ConfigError(f"job {spec.name!r} has the name of a process of the system; rename it")
     cfg.check_system(msgspec.structs.replace(system, brains=[spec]))
     until_ns = _until_ns(until)
+    with importable_from(system.python_path):
+        follower = ScheduleFollower(params_schedule, spec.strategy) if params_schedule else None
     log_to(rundir, spec.name)
     brain = _JobBrain(spec.name, rundir, system, endpoints, spec=spec)
-    brain.until_ns = until_ns
+    brain.until_ns, brain.schedule = until_ns, follower
     with importable_from(system.python_path):
         try:
             brain.run_embedded()
@@ -186,7 +253,7 @@ def summarise(rundir: RunDir, spec: cfg.BrainConfig, brain: Brain) -> BrainRun:
     return BrainRun(
         job=spec.name,
         strategy=spec.strategy,
-        params=dict(spec.params),
+        params=brain.strategy.values,
         instrument=spec.instrument,
         granularity=spec.granularity,
         decisions=int(brain.counters.get("targets", 0)),

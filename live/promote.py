@@ -44,6 +44,7 @@ from osm.live.preflight import importable_from
 from osm.live.store import read_bars
 from osm.research.backtest import backtest
 from osm.research.lookahead import DEFAULT_WINDOW, LookaheadReport, check_lookahead, window_targets
+from osm.research.walkforward import ParameterSchedule
 from osm.strategies.base import Strategy, load_strategy
 
 CHECK_BARS = 500  # bars checked after the first full window (the window's bars are checked too)
@@ -103,12 +104,18 @@ def promote(
     bars: np.ndarray | str | Path | None = None,
     python_path: list[str] | None = None,
     replace: bool = False,
+    schedule: ParameterSchedule | str | Path | None = None,
 ) -> Promotion:
     """Check `strategy` with `params` and register it as a live-brain job; raise
     :class:`PromotionRefused` with the reason if a gate fails.
 
     Parameters
     ----------
+    schedule
+        A walk-forward's parameter schedule (or its JSON file) to trade instead of fixed `params`:
+        each of its parameter sets passes both gates, and the job's brain follows a copy of it in
+        ``runs/JOB/params_schedule.json``, read again when it changes (a nightly re-optimisation
+        may rewrite it; the brain trades the new one from its next bar).
     bars
         BAR_DTYPE bars or a bar file to check on; default: the last ``window + CHECK_BARS``
         closed bars of `instrument` `granularity` in the router's store of `rundir`.
@@ -116,19 +123,34 @@ def promote(
         The job's name, also the brain's in the trader's journal; default: the class name in
         lower case.
     """
-    params = dict(params or {})
-    _refuse_secrets(params)
+    if isinstance(schedule, str | Path):
+        schedule = ParameterSchedule.load(schedule)
+    if schedule is not None and schedule.strategy != strategy:
+        raise ConfigError(f"the parameter schedule is for {schedule.strategy}, not {strategy}")
+    candidates = [dict(params or {})] if schedule is None else _distinct(schedule)
+    for values in candidates:
+        _refuse_secrets(values)
     name = name or strategy.rpartition(":")[2].lower()
-    spec = brain_spec(strategy, params, instrument, granularity, size, window, name, python_path)
+    spec = brain_spec(
+        strategy, candidates[-1], instrument, granularity, size, window, name, python_path
+    )
     records, source = _bars(rundir, spec, bars)
-    with importable_from(python_path or []):
-        instance = load_strategy(spec.strategy)(**spec.params)
-    report = check_lookahead(instance, records, window=spec.window)
-    if not report.passed:
-        raise PromotionRefused(f"refused by the lookahead check: {report}")
-    parity = check_parity(instance, records, spec.size, spec.window)
-    if not parity.passed:
-        raise PromotionRefused(f"refused by the parity check: {parity}")
+    for values in candidates:
+        with importable_from(python_path or []):
+            instance = load_strategy(spec.strategy)(**values)
+        which = "" if schedule is None else f" with {values}"
+        report = check_lookahead(instance, records, window=spec.window)
+        if not report.passed:
+            raise PromotionRefused(f"refused by the lookahead check{which}: {report}")
+        parity = check_parity(instance, records, spec.size, spec.window)
+        if not parity.passed:
+            raise PromotionRefused(f"refused by the parity check{which}: {parity}")
+    extra = {}
+    if schedule is not None:
+        path = runs_dir(rundir, spec.name) / "params_schedule.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, schedule.to_json())
+        extra["params_schedule"] = str(path)
     job = Job(
         name=spec.name,
         notebook=NOTEBOOK,
@@ -139,6 +161,7 @@ def promote(
             "granularity": spec.granularity,
             "size": spec.size,
             "window": spec.window,
+            **extra,
         },
     )
     with JobStore(rundir) as store:
@@ -152,6 +175,16 @@ def promote(
     path = runs_dir(rundir, spec.name) / "promotion.json"
     write_atomic(path, json.dumps(record, indent=1, default=str).encode())
     return Promotion(job, report, parity, source)
+
+
+def _distinct(schedule: ParameterSchedule) -> list[dict[str, Any]]:
+    """The schedule's parameter sets, each once, in the order they last come (the last: now)."""
+    out: list[dict[str, Any]] = []
+    for entry in schedule.entries:
+        if entry.params in out:
+            out.remove(entry.params)
+        out.append(dict(entry.params))
+    return out
 
 
 def check_parity(strategy: Strategy, bars: np.ndarray, size: int, window: int) -> ParityReport:

@@ -106,7 +106,7 @@ class ParameterSchedule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     def from_json(cls, data: bytes | str) -> ParameterSchedule:
         try:
             return msgspec.json.decode(data, type=cls)
-        except msgspec.ValidationError as exc:
+        except msgspec.DecodeError as exc:  # malformed JSON, or not a schedule
             raise ConfigError(f"invalid parameter schedule: {exc}") from None
 
     def save(self, path: str | Path) -> Path:

@@ -11,15 +11,21 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 from osm.core.rundir import RunDir
 from osm.live import demo
 from osm.live.jobs import JobStore, list_runs
+from osm.live.promote import decision_fills
 from osm.research.backtest import backtest
+from osm.research.lookahead import window_targets
+from osm.research.walkforward import ParameterSchedule, ScheduleEntry
+from osm.strategies.sma_cross import SmaCross
 
 HISTORY, LIVE, WINDOW, SEED = 2_000, 400, 150, 11
 
@@ -91,3 +97,37 @@ def test_a_window_shorter_than_the_grids_longest_sma_is_refused_before_anything_
     assert code == 2
     assert "--window must be at least 120" in capsys.readouterr().out
     assert not (home / "config.json").exists()
+
+
+@pytest.mark.timeout(900)
+def test_a_promoted_schedule_is_traded_live_switching_parameters_at_its_times(home):
+    bars = demo.generated_bars(1_300, seed=5)
+    gate, live = bars[:600], bars[600:]
+    switch_ns = int(live["time"][350])
+    first, second = {"fast": 3, "slow": 20}, {"fast": 8, "slow": 50}
+    schedule = ParameterSchedule(
+        strategy=demo.SMA_CROSS,
+        entries=[
+            ScheduleEntry(from_time=_utc(int(gate["time"][0])), params=first),
+            ScheduleEntry(from_time=_utc(switch_ns), params=second),
+        ],
+    )
+    run = demo.replay_job(
+        home, live, demo.SMA_CROSS, {}, window=WINDOW, job=demo.JOB, gate_bars=gate,
+        schedule=schedule,
+    )  # fmt: skip
+    assert not run.left_running
+    later = live["time"] >= switch_ns  # bars that open at or after the switch trade `second`
+    targets = np.where(
+        later,
+        window_targets(SmaCross(**second), live, WINDOW),
+        window_targets(SmaCross(**first), live, WINDOW),
+    )
+    want = decision_fills(targets, live, demo.SIZE)
+    assert any(t >= switch_ns for t, _, _ in want) and any(t < switch_ns for t, _, _ in want)
+    assert _fills(home) == want
+    assert "'fast': 8, 'slow': 50" in run.summary  # the summary shows what it trades now
+
+
+def _utc(time_ns: int) -> datetime:
+    return datetime.fromtimestamp(time_ns / 1e9, UTC)

@@ -7,6 +7,7 @@ names the gate and the bar, exits 2 from the command line and registers nothing.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,11 @@ import pytest
 from osm.core.errors import ConfigError, DataError, UnknownNameError
 from osm.core.rundir import RunDir
 from osm.live import cli
+from osm.live.jobbrain import ScheduleFollower
 from osm.live.jobs import JobStore
 from osm.live.promote import PromotionRefused, check_parity, decision_fills, promote
 from osm.research.synthetic import random_walk_bars
+from osm.research.walkforward import ParameterSchedule, ScheduleEntry
 from osm.strategies import Param, Strategy
 from osm.strategies.sma_cross import SmaCross
 
@@ -136,3 +139,67 @@ def test_the_command_line_refuses_with_exit_2_and_registers_with_exit_0(
 def test_no_bars_in_the_store_is_refused_with_the_fix(home):
     with pytest.raises(DataError, match="--bars FILE"):
         promote(RunDir(home), SMA, {"fast": 5, "slow": 20})
+
+
+# -- parameter schedules (a walk-forward's) -----------------------------------------------------
+
+
+def _at(time_ns: int) -> datetime:
+    return datetime.fromtimestamp(time_ns / 1e9, UTC)
+
+
+def _schedule(*entries: tuple[int, dict]) -> ParameterSchedule:
+    return ParameterSchedule(
+        strategy=SMA,
+        entries=[ScheduleEntry(from_time=_at(t), params=p) for t, p in entries],
+    )
+
+
+def test_a_schedule_is_promoted_with_every_parameter_set_gated(home, bars):
+    t = bars["time"]
+    schedule = _schedule(
+        (int(t[300]), {"fast": 3, "slow": 8}), (int(t[800]), {"fast": 5, "slow": 20})
+    )
+    done = promote(RunDir(home), SMA, bars=bars, window=100, schedule=schedule)
+    parameters = done.job.parameters
+    assert parameters["params"] == {"fast": 5, "slow": 20}  # in force now
+    assert ParameterSchedule.load(parameters["params_schedule"]) == schedule
+
+    slow = _schedule((int(t[300]), {"fast": 5, "slow": 120}), (int(t[800]), {"fast": 3, "slow": 8}))
+    with pytest.raises(PromotionRefused, match=r"lookahead check with \{'fast': 5, 'slow': 120\}"):
+        promote(RunDir(home), SMA, bars=bars, window=100, schedule=slow, name="other")
+    assert [j.name for j in jobs(home)] == ["smacross"]
+
+
+def test_the_brain_reads_a_rewritten_schedule_at_its_next_bar_and_keeps_a_good_one(tmp_path, bars):
+    t = [int(x) for x in bars["time"]]
+    path = _schedule((t[10], {"fast": 3, "slow": 8})).save(tmp_path / "schedule.json")
+    follower = ScheduleFollower(path, SMA)
+    assert follower.params_at(t[5]) is None  # before the schedule: the job's own params
+    assert follower.params_at(t[20]) == {"fast": 3, "slow": 8}
+    _schedule((t[10], {"fast": 3, "slow": 8}), (t[30], {"fast": 5, "slow": 20})).save(path)
+    assert follower.params_at(t[31]) == {"fast": 5, "slow": 20}  # the nightly rewrite
+    assert follower.reloads == 1
+    path.write_text('{"strategy": "osm.strategies.sma_cross:SmaCross", "entries": [')
+    assert follower.params_at(t[32]) == {"fast": 5, "slow": 20}  # a broken file: the last good
+    with pytest.raises(ConfigError, match="invalid parameter schedule"):
+        ScheduleFollower(path, SMA)  # at start a bad file fails the job at once
+    _schedule((t[10], {"fast": 3, "slow": 8})).save(path)
+    with pytest.raises(ConfigError, match="is for osm.strategies.sma_cross:SmaCross, not x:Y"):
+        ScheduleFollower(path, "x:Y")
+
+
+def test_osm_promote_takes_a_schedule_file(home, bars, tmp_path, capsys):
+    t = bars["time"]
+    path = _schedule((int(t[300]), {"fast": 3, "slow": 8})).save(tmp_path / "wf.json")
+    frame = pd.DataFrame({"time_utc": pd.to_datetime(bars["time"], utc=True)})
+    for field in ("open", "high", "low", "close"):
+        for side in ("bid", "ask"):
+            frame[f"{side}_{field}"] = bars[f"{side}_{field}"]
+    frame.to_csv(tmp_path / "bars.csv", index=False)
+    common = ["--bars", str(tmp_path / "bars.csv"), "--window", "60", "--home", str(home)]
+    assert cli.main(["promote", "--schedule", str(path), *common]) == 0, capsys.readouterr()
+    [job] = jobs(home)
+    assert ParameterSchedule.load(job.parameters["params_schedule"]) == ParameterSchedule.load(path)
+    assert cli.main(["promote", "--window", "60", "--home", str(home)]) == 2
+    assert "give the strategy (MODULE:CLASS) or --schedule FILE" in capsys.readouterr().err
