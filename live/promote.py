@@ -127,7 +127,7 @@ def promote(
         schedule = ParameterSchedule.load(schedule)
     if schedule is not None and schedule.strategy != strategy:
         raise ConfigError(f"the parameter schedule is for {schedule.strategy}, not {strategy}")
-    candidates = [dict(params or {})] if schedule is None else _distinct(schedule)
+    candidates = [dict(params or {})] if schedule is None else distinct(schedule)
     for values in candidates:
         _refuse_secrets(values)
     name = name or strategy.rpartition(":")[2].lower()
@@ -135,16 +135,7 @@ def promote(
         strategy, candidates[-1], instrument, granularity, size, window, name, python_path
     )
     records, source = _bars(rundir, spec, bars)
-    for values in candidates:
-        with importable_from(python_path or []):
-            instance = load_strategy(spec.strategy)(**values)
-        which = "" if schedule is None else f" with {values}"
-        report = check_lookahead(instance, records, window=spec.window)
-        if not report.passed:
-            raise PromotionRefused(f"refused by the lookahead check{which}: {report}")
-        parity = check_parity(instance, records, spec.size, spec.window)
-        if not parity.passed:
-            raise PromotionRefused(f"refused by the parity check{which}: {parity}")
+    report, parity = gate(spec, candidates, records, python_path, named=schedule is not None)
     extra = {}
     if schedule is not None:
         path = runs_dir(rundir, spec.name) / "params_schedule.json"
@@ -177,7 +168,30 @@ def promote(
     return Promotion(job, report, parity, source)
 
 
-def _distinct(schedule: ParameterSchedule) -> list[dict[str, Any]]:
+def gate(
+    spec: BrainConfig,
+    candidates: list[dict[str, Any]],
+    records: np.ndarray,
+    python_path: list[str] | None = None,
+    named: bool = False,
+) -> tuple[LookaheadReport, ParityReport]:
+    """Run both gates for each parameter set of `candidates` on `records`; raise
+    :class:`PromotionRefused` at the first that fails (`named`: the message names the set).
+    Return the reports of the last set."""
+    for values in candidates:
+        with importable_from(python_path or []):
+            instance = load_strategy(spec.strategy)(**values)
+        which = f" with {values}" if named else ""
+        report = check_lookahead(instance, records, window=spec.window)
+        if not report.passed:
+            raise PromotionRefused(f"refused by the lookahead check{which}: {report}")
+        parity = check_parity(instance, records, spec.size, spec.window)
+        if not parity.passed:
+            raise PromotionRefused(f"refused by the parity check{which}: {parity}")
+    return report, parity
+
+
+def distinct(schedule: ParameterSchedule) -> list[dict[str, Any]]:
     """The schedule's parameter sets, each once, in the order they last come (the last: now)."""
     out: list[dict[str, Any]] = []
     for entry in schedule.entries:

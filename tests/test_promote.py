@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -203,3 +204,41 @@ def test_osm_promote_takes_a_schedule_file(home, bars, tmp_path, capsys):
     assert ParameterSchedule.load(job.parameters["params_schedule"]) == ParameterSchedule.load(path)
     assert cli.main(["promote", "--window", "60", "--home", str(home)]) == 2
     assert "give the strategy (MODULE:CLASS) or --schedule FILE" in capsys.readouterr().err
+
+
+def test_a_reoptimisation_notebook_rewrites_the_schedule_only_when_every_set_passes(
+    home, bars, tmp_path
+):
+    import papermill
+
+    from osm.live.jobs import notebook_path
+
+    t = bars["time"]
+    old = _schedule((int(t[300]), {"fast": 3, "slow": 8}))
+    promote(RunDir(home), SMA, bars=bars, window=100, schedule=old)
+    path = tmp_path / "bars.csv"
+    frame = pd.DataFrame({"time_utc": pd.to_datetime(bars["time"], utc=True)})
+    for field in ("open", "high", "low", "close"):
+        for side in ("bid", "ask"):
+            frame[f"{side}_{field}"] = bars[f"{side}_{field}"]
+    frame.to_csv(path, index=False)
+    [job] = jobs(home)
+    written = Path(job.parameters["params_schedule"])
+
+    def run(grid: dict) -> None:
+        papermill.execute_notebook(
+            str(notebook_path("reoptimise")), str(tmp_path / "out.ipynb"), kernel_name="python3",
+            parameters={"home": str(home), "brain": job.name, "job": "reopt", "bars": str(path),
+                        "in_sample": 400, "out_of_sample": 200, "grid": grid},
+            progress_bar=False,
+        )  # fmt: skip
+
+    with pytest.raises(papermill.PapermillExecutionError, match="lookahead check with"):
+        run({"fast": [5], "slow": [120]})  # needs more than the brain's 100-bar window
+    assert ParameterSchedule.load(written) == old  # a refused schedule writes nothing
+
+    run({"fast": [3, 5], "slow": [8, 20]})
+    new = ParameterSchedule.load(written)
+    assert new != old and len(new.entries) >= 2
+    assert all(e.params["slow"] in (8, 20) for e in new.entries)
+    assert "the brain trades it from its next bar" in (tmp_path / "out.ipynb").read_text()
