@@ -102,7 +102,7 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_a_job_trades_under_the_supervisor_survives_a_kernel_kill_and_stops_whole(home):
+def test_a_job_survives_kill_9_of_its_kernel_then_of_papermill_and_stops_whole(home):
     config = msgspec.structs.replace(demo_config(), brains=[])  # the job is the only brain
     path = home.parent / f"{home.name}-config.json"
     path.write_bytes(cfg.dump(config))
@@ -134,6 +134,20 @@ def test_a_job_trades_under_the_supervisor_survives_a_kernel_kill_and_stops_whol
         assert again["brain_pid"] != kernel.pid and again["pid"] != first["pid"]
         count = len(_fills(home, "b1"))
         wait_for(lambda: len(_fills(home, "b1")) > count, 120, "a fill of the restarted brain")
+
+        orphan = psutil.Process(again["brain_pid"])
+        os.kill(again["pid"], signal.SIGKILL)  # papermill itself: its kernel must not trade on
+        wait_for(
+            lambda: _job(home, "b1")["restarts"] >= 2 and _job(home, "b1")["state"] == "running",
+            240,
+            "the job restarted after its papermill process was killed",
+        )
+        assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+        again = _job(home, "b1")
+        count = len(_fills(home, "b1"))
+        wait_for(
+            lambda: len(_fills(home, "b1")) > count, 120, "a fill of the brain restarted again"
+        )
         client_ids = [cid for cid, _ in _fills(home, "b1")]
         assert len(client_ids) == len(set(client_ids))  # no decision traded twice
         tree = _tree(again["pid"])
@@ -147,10 +161,11 @@ def test_a_job_trades_under_the_supervisor_survives_a_kernel_kill_and_stops_whol
         stop(home)
 
     runs = list_runs(RunDir(home), "b1")
-    assert len(runs) == 2
+    assert len(runs) == 3
     assert "DeadKernelError" in runs[0]["error"] and runs[0]["exit_code"] != 0  # kernel killed
-    assert runs[1]["error"] is None and runs[1]["exit_code"] == 0  # stopped by `osm down`
-    cells = json.loads(Path(runs[1]["notebook"]).read_text())["cells"]
+    assert "SIGKILL" in runs[1]["error"]  # papermill killed
+    assert runs[2]["error"] is None and runs[2]["exit_code"] == 0  # stopped by `osm down`
+    cells = json.loads(Path(runs[2]["notebook"]).read_text())["cells"]
     injected = next(c for c in cells if "injected-parameters" in c["metadata"].get("tags", []))
     assert f'strategy = "{SMA}"' in "".join(injected["source"])
     assert 'job = "b1"' in "".join(injected["source"])
