@@ -147,3 +147,22 @@ def settled(journal, last_client_id: str) -> bool:
 def journaled_fills(journal) -> int:
     with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as con:
         return con.execute("SELECT count(*) FROM fills").fetchone()[0]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_papermill_brain_fills_like_the_backtest(strategy, day_of_m1, home):
+    """The same, with the brain a promoted job: the live-brain notebook run by papermill under the
+    supervisor. Fills bar for bar, nothing after the last, and the summary cell's position and
+    PnL equal the backtest's."""
+    from osm.live import demo
+
+    bars, _ = day_of_m1
+    params = STRATEGIES[strategy]
+    run = demo.replay_job(
+        home, bars, strategy, params, size=SIZE, window=400, job="parity", commission=COMMISSION
+    )
+    assert not run.left_running
+    parity = demo.check_parity(bars, strategy, params, SIZE, run, COMMISSION)
+    assert parity.passed, parity.reason
+    assert parity.fills >= 5, "pick parameters that trade, or the comparison proves little"
