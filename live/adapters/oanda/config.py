@@ -105,7 +105,8 @@ class OandaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         account = self.account or os.environ.get(ACCOUNT_VARIABLE, "")
         if not account:
             raise ConfigError(
-                f"no OANDA account: set oanda account=... or the {ACCOUNT_VARIABLE} variable"
+                f"no OANDA account: set the {ACCOUNT_VARIABLE} variable (or trader.adapter's "
+                "account in config.json), e.g. 101-004-1234567-001"
             )
         return account
 
