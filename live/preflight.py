@@ -117,6 +117,8 @@ def _check_feed(
     router: tuple[dict[str, int], dict[str, int]],
     fresh: bool,
 ) -> None:
+    if getattr(source_class(feed.kind), "live", False):
+        return  # a live market resumes from now: nothing to read ahead, no stream to open here
     seqs, last_ticks = router
     position, state = (0, {}) if fresh else _saved_position(rundir, feed)
     position = max(position, seqs.get(feed.name, 0))  # the feeder skips what the router has

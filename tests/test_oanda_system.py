@@ -7,6 +7,7 @@ venue's book after a manual trade, a halt, a flatten and a restart with trades m
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -235,3 +236,41 @@ def test_a_live_feeds_bar_closes_by_the_clock_and_a_late_tick_is_refused(
         again = client.bars("EUR_USD", "S5", 10)
     assert list(again["time"]).count(open_ns) == 1, "a bar closed twice"
     assert process(home, "router")["counters"]["bars_closed_by_time"] >= 1
+
+
+def test_a_stream_cut_refused_and_stalled_delivers_every_tick_to_the_router_once(
+    home, fake, system, monkeypatch
+):
+    monkeypatch.setenv("OANDA_ACCOUNT", fake.account)
+    monkeypatch.setenv("OANDA_ENVIRONMENT", fake.url)
+    fake.arm("stream", "cut")  # connection 1: prices, then half a line and a reset
+    fake.arm("stream", "status", 429)  # 2: refused
+    fake.arm("stream", "stall")  # 3: the snapshot, then silence until the 10 s watchdog
+    system("--feed", "oanda", "--speed", "0", "--granularities", "S5")
+    wait_for(lambda: fake._subscribers, 60, "the feeder's pricing stream")
+    for i in range(5):
+        fake.push_price("EUR_USD", 1.1 + i * 1e-5, 1.1002 + i * 1e-5)
+    # fake.sent has one list per connection that streamed: the 429 had none.
+    wait_for(lambda: len(fake.sent) == 2 and fake._subscribers, 60, "the stalled connection")
+    wait_for(lambda: len(fake.sent) == 3 and fake._subscribers, 60, "a healthy connection")
+    for i in range(5, 12):
+        fake.push_price("EUR_USD", 1.1 + i * 1e-5, 1.1002 + i * 1e-5)
+
+    def router() -> dict:
+        return process(home, "router")["counters"]
+
+    def sent() -> int:  # distinct ticks the fake wrote whole (a new connection repeats the last)
+        return len({json.loads(line)["time"] for lines in fake.sent for line in lines})
+
+    wait_for(lambda: router().get("ticks_applied", 0) >= sent() >= 7, 60, "every tick sent")
+    time.sleep(1.0)  # a tick delivered twice would be counted by now
+    counters = router()
+    assert counters["ticks_applied"] == sent(), counters
+    with Client(home, timeout_s=10) as client:  # the bars close by the clock: all ticks in them
+        wait_for(
+            lambda: int(client.bars("EUR_USD", "S5", 100)["ticks"].sum()) == sent(),
+            30,
+            "the S5 bars of every tick sent",
+        )
+    log = (home / "logs" / "oanda.log").read_text()
+    assert "gap of" in log and TOKEN not in log
