@@ -21,7 +21,7 @@ import pytest
 from osm.live.adapters.oanda.fake import FakeV20
 from osm.live.client import Client
 from tests.live_helpers import wait_for
-from tests.system_helpers import osm, process, running_system, status, write_config
+from tests.system_helpers import osm, process, running_system, status, stop, write_config
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 TOKEN = "tok-osm-system-7c1d-secret"
@@ -274,3 +274,16 @@ def test_a_stream_cut_refused_and_stalled_delivers_every_tick_to_the_router_once
         )
     log = (home / "logs" / "oanda.log").read_text()
     assert "gap of" in log and TOKEN not in log
+
+
+def test_a_rejected_token_stops_osm_up_with_one_line_not_a_retry_storm(home, fake, monkeypatch):
+    monkeypatch.setenv("OANDA_ACCESS_TOKEN", "not-the-token")
+    try:
+        done = osm(home, "up", "--config", str(config(home, fake)))
+        assert done.returncode != 0
+        assert "OANDA refused the token (401)" in done.stderr, done.stderr
+        assert "not-the-token" not in done.stderr + done.stdout
+        time.sleep(2.0)  # nothing retries behind our back
+        assert len(fake.requests) <= 3, fake.requests
+    finally:
+        stop(home)

@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from osm.core.errors import ConfigError, OsmError
+from osm.core.errors import ConfigError
 from osm.core.instruments import instrument
 
 ENVIRONMENTS = ("practice", "live")
@@ -25,8 +25,10 @@ ACCOUNT_VARIABLE = "OANDA_ACCOUNT"
 TOKEN_FILE = "keys/oanda.token"
 
 
-class AuthError(OsmError, RuntimeError):
-    """The venue refused the token (401/403): the adapter stops instead of retrying."""
+class AuthError(ConfigError, RuntimeError):
+    """The venue refused the token (401/403): the adapter stops instead of retrying, and a
+    process that cannot start without it exits as misconfigured (the supervisor does not restart
+    it into a storm of refused requests)."""
 
 
 class Secret:
