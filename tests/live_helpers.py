@@ -72,10 +72,13 @@ class LiveSystem:
         self.beats.pop(name, None)
         return code
 
-    def socket(self, kind: int, name: str) -> zmq.Socket:
-        """A socket of the test connected to an endpoint, closed with the system."""
+    def socket(self, kind: int, name: str, **options: int) -> zmq.Socket:
+        """A socket of the test connected to an endpoint, closed with the system; `options`
+        (``RCVHWM=0``) are set before it connects, where they apply."""
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        for option, value in options.items():
+            sock.setsockopt(getattr(zmq, option), value)
         sock.connect(self.endpoints[name])
         self._sockets.append(sock)
         return sock

@@ -69,7 +69,9 @@ class Attacker:
     def __init__(self, system: LiveSystem) -> None:
         self.system = system
         self.dealer = system.socket(zmq.DEALER, "router_ticks")
-        self.ticks = system.socket(zmq.SUB, "router_bars")
+        # Subscribed before the replay starts, unbounded: the newest tick is always at hand, even
+        # when a loaded machine lets the paced replay run ahead of the test.
+        self.ticks = system.socket(zmq.SUB, "router_bars", RCVHWM=0)
         self.ticks.setsockopt(zmq.SUBSCRIBE, b"tick.EUR_USD")
         self.positions = {"rogue": 0, "clocked": 0}
 
@@ -182,12 +184,12 @@ def run(home: Path, replay_file: Path, attack: bool) -> tuple[dict, dict, int]:
     try:
         router = system.start("router", "router")
         started_ok(system, "router")
+        attacker = Attacker(system) if attack else None
         system.start("feeder", "replay")
         growth = 0
-        if attack:
+        if attacker is not None:
             system.wait_counter("router", "ticks_applied", n // 5, 60)
             rss = psutil.Process(router.pid).memory_info().rss
-            attacker = Attacker(system)
             attacker.far_future()
             attacker.spike()
             attacker.speak_for_the_replay()
