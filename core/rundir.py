@@ -58,11 +58,18 @@ class RunDir:
         self.home = Path(home).expanduser().resolve() if home else default_home().resolve()
 
     def _dir(self, *parts: str, mode: int = PRIVATE_DIR) -> Path:
+        """The folder `parts` under the home, created private (each missing level, not only the
+        last: ``mkdir(parents=True)`` gives the levels above the default mode)."""
         path = self.home.joinpath(*parts)
         if not path.is_dir():
             self.home.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-            path.mkdir(parents=True, exist_ok=True, mode=mode)
+            for i in range(1, len(parts) + 1):
+                self.home.joinpath(*parts[:i]).mkdir(exist_ok=True, mode=mode)
         return path
+
+    def folder(self, *parts: str) -> Path:
+        """A private folder of the run directory (created 0700 at every level)."""
+        return self._dir(*parts)
 
     def secure(self) -> list[str]:
         """Make the run directory private: create it 0700, take group and other bits off every

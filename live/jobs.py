@@ -67,7 +67,7 @@ import psutil
 
 from osm.core import wire
 from osm.core.errors import CONFIG_ERRORS, ConfigError, UnknownNameError
-from osm.core.rundir import PRIVATE_DIR, RunDir, write_atomic
+from osm.core.rundir import RunDir, write_atomic
 from osm.live.schedule import Window, WindowState, window_at
 from osm.live.schedule import window as checked_window
 from osm.live.service import PROCESS_TOKEN_ENV
@@ -142,6 +142,7 @@ class JobStore:
 
     def __init__(self, rundir: RunDir) -> None:
         self.path = rundir.db / "jobs.sqlite"
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # private, whatever the umask
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
@@ -278,9 +279,7 @@ def rotating_handler(
 
 def runs_dir(rundir: RunDir, job: str) -> Path:
     """Where a job's runs are archived: ``runs/JOB/`` (output notebooks, parameters, logs)."""
-    path = rundir.home / "runs" / check_name(job)
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-    return path
+    return rundir.folder("runs", check_name(job))
 
 
 def list_runs(rundir: RunDir, job: str | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ names the gate and the bar, exits 2 from the command line and registers nothing.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -242,3 +243,14 @@ def test_a_reoptimisation_notebook_rewrites_the_schedule_only_when_every_set_pas
     assert new != old and len(new.entries) >= 2
     assert all(e.params["slow"] in (8, 20) for e in new.entries)
     assert "the brain trades it from its next bar" in (tmp_path / "out.ipynb").read_text()
+
+
+def test_promote_before_osm_up_leaves_nothing_others_can_read(tmp_path, bars):
+    home = tmp_path / "fresh"
+    umask = os.umask(0o022)  # a usual shell's: files 0644 and folders 0755 unless made private
+    try:
+        promote(RunDir(home), SMA, {"fast": 5, "slow": 20}, bars=bars, window=60)
+    finally:
+        os.umask(umask)
+    shared = [p for p in [home, *home.rglob("*")] if p.lstat().st_mode & 0o077]
+    assert shared == []
