@@ -298,7 +298,10 @@ class Router(Service):
         n_held = len(book.held)
         if n_held:  # the held ticks come first: this batch may confirm or contradict them
             ticks = np.concatenate([book.held, ticks])
-        time_ns, bid, ask = ticks["time"], ticks["bid"], ticks["ask"]
+        # Contiguous writable copies, whatever the batch (one tick, a read-only message buffer,
+        # held ticks joined in): one compiled specialisation of the kernels, not one per layout
+        # (each a compile of many seconds on a fresh install, the router deaf meanwhile).
+        time_ns, bid, ask = ticks["time"].copy(), ticks["bid"].copy(), ticks["ask"].copy()
         if len(ticks) > self._closed_rows.shape[1]:
             self._closed_rows = np.empty((len(self.granularities), len(ticks)), BAR_DTYPE)
         calendar = (
