@@ -73,22 +73,12 @@ import time
 import numpy as np
 from osm.core.dtypes import empty_bars
 from osm.live.client import Batch
+from osm.research.synthetic import random_walk_bars
 from osm.widgets.chart import LiveChart, chart
 
 
-def bars(n, t0=1_709_625_600 * 10**9, seed=0):
-    rng = np.random.default_rng(seed)
-    out = empty_bars(n)
-    out["time"] = t0 + np.arange(n) * 5 * 10**9
-    close = 1.1 + np.cumsum(rng.normal(0, 1e-4, n))
-    opened = close + rng.normal(0, 5e-5, n)
-    high = np.maximum(opened, close) + rng.uniform(0, 1e-4, n)
-    low = np.minimum(opened, close) - rng.uniform(0, 1e-4, n)
-    for side, shift in (("bid", -5e-6), ("ask", 5e-6)):
-        out[f"{side}_open"], out[f"{side}_close"] = opened + shift, close + shift
-        out[f"{side}_high"], out[f"{side}_low"] = high + shift, low + shift
-    out["complete"] = True
-    return out
+def bars(n, seed=0):
+    return random_walk_bars(n, seed=seed, start="2024-03-05T08:00:00Z", step="5s", vol=1e-4)
 
 
 print("READY")
