@@ -32,6 +32,12 @@ def mid(bars: np.ndarray, field: str = "close") -> np.ndarray:
     return (bars[f"bid_{field}"] + bars[f"ask_{field}"]) * 0.5
 
 
+def valid_quotes(bid: np.ndarray, ask: np.ndarray) -> np.ndarray:
+    """Mask of usable quotes: bid and ask finite and positive, ask at or above bid."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid)
+
+
 def as_ticks(time_ns, bid, ask) -> np.ndarray:
     """Pack three equal-length arrays into a TICK_DTYPE array."""
     out = empty_ticks(len(time_ns))

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS, TICK_DTYPE
+from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS, TICK_DTYPE, valid_quotes
 from osm.core.errors import ConfigError, DataError, did_you_mean
 from osm.core.instruments import instrument
 
@@ -259,9 +259,7 @@ def check_ticks(ticks: np.ndarray, *, repair: bool = False, source: str = "ticks
     """
     if ticks.dtype != TICK_DTYPE:
         raise TypeError(f"check_ticks takes a TICK_DTYPE array, got dtype {ticks.dtype}")
-    bid, ask = ticks["bid"], ticks["ask"]
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid))
+    bad = ~valid_quotes(ticks["bid"], ticks["ask"])
     if not repair:
         _raise_first(ticks, bad, source, "fix the source, or pass repair=True to drop such quotes")
         back = np.flatnonzero(np.diff(ticks["time"]) < 0) + 1

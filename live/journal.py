@@ -161,11 +161,6 @@ class Journal:
         row = self._db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
         return dict(row) if row else None
 
-    def knows(self, client_id: str) -> bool:
-        """Whether an order `client_id` is journaled."""
-        found = self._db.execute("SELECT 1 FROM orders WHERE client_id = ?", (client_id,))
-        return found.fetchone() is not None
-
     def adopt(self, fill: wire.Fill, now_ns: int) -> None:
         """Journal the order behind a fill the broker reports and nobody here sent."""
         order = wire.Order(fill.brain, fill.instrument, fill.units, fill.client_id, fill.time_ns)

@@ -42,16 +42,17 @@ import collections
 import dataclasses
 import inspect
 import os
+import sqlite3
 import time
 import typing
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import numpy as np
 import zmq
 
 from osm.core import wire
+from osm.core.dtypes import valid_quotes
 from osm.core.errors import UnknownNameError
 from osm.core.granularity import step_ns, trading_deadline
 from osm.core.instruments import INSTRUMENTS
@@ -344,8 +345,7 @@ class Trader(Service):
         ticks = self.rows(message)
         if ticks is None:
             return
-        bid, ask = ticks["bid"], ticks["ask"]
-        valid = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid)
+        valid = valid_quotes(ticks["bid"], ticks["ask"])
         if valid.any():
             self._market_ns = max(self._market_ns, int(ticks["time"][valid].max()))
         refused = self.broker.on_quotes(message.instrument, ticks)
@@ -376,7 +376,9 @@ class Trader(Service):
         for fill in fills:
             book = dataclasses.replace(self._books.get(fill.instrument, Book()))
             book.apply(fill.units, fill.price, fill.commission)
-            if not self.journal.knows(fill.client_id):
+            try:
+                recorded = self.journal.record_fill(fill, book, now_ns())
+            except sqlite3.IntegrityError:
                 # No order of ours: the venue's own (a stop-loss, a take-profit, a trade placed
                 # by hand). It is the account's position all the same, so it is journaled.
                 self.journal.adopt(fill, now_ns())
@@ -385,7 +387,8 @@ class Trader(Service):
                     "adopted a fill of no order of ours: %s %+d %s at %s",
                     fill.client_id, fill.units, fill.instrument, fill.price,
                 )  # fmt: skip
-            if not self.journal.record_fill(fill, book, now_ns()):
+                recorded = self.journal.record_fill(fill, book, now_ns())
+            if not recorded:
                 self.reject("duplicate_fill", fill.client_id)
                 continue
             self._books[fill.instrument] = book

@@ -42,6 +42,7 @@ import numpy as np
 
 from osm.core import wire
 from osm.core.config import TraderConfig
+from osm.core.dtypes import valid_quotes
 from osm.core.errors import ConfigError
 from osm.core.instruments import conversion
 from osm.core.instruments import instrument as instrument_spec
@@ -94,15 +95,10 @@ class OandaBroker:
         self._execution.submit(order)
 
     def on_quotes(self, instrument: str, ticks: np.ndarray) -> int:
-        bid, ask = ticks["bid"], ticks["ask"]
-        valid = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid)
+        valid = valid_quotes(ticks["bid"], ticks["ask"])
         if valid.any():
-            last = np.flatnonzero(valid)[-1]
-            self._quotes[instrument] = (
-                int(ticks["time"][last]),
-                float(bid[last]),
-                float(ask[last]),
-            )
+            last = ticks[np.flatnonzero(valid)[-1]]
+            self._quotes[instrument] = (int(last["time"]), float(last["bid"]), float(last["ask"]))
         return int(len(ticks) - valid.sum())
 
     def take_fills(self) -> list[wire.Fill]:
