@@ -14,7 +14,7 @@ import pytest
 
 from osm.core.dtypes import empty_bars
 from osm.core.granularity import NS
-from osm.live.client import Client, _Held
+from osm.live.client import Client, _Held, poll_ms
 from osm.live.follow import BarMerge, Wanted
 from tests.live_helpers import wait_for
 from tests.system_helpers import process, running_system
@@ -339,3 +339,8 @@ def test_held_bars_stay_bounded_and_count_what_they_skip():
     held.add_bars(bars_at(*range(50, 60)))  # one piece of the merge is never cut
     assert minutes(held.take(-1, lambda parts: ("", None)).bars) == list(range(50, 60))
     assert not held and not held.take(-1, lambda parts: ("", None))
+
+
+def test_poll_timeout_rounds_a_short_wait_up_not_to_zero():
+    # A timeout of 0 returns at once: the follower would spin until its deadline.
+    assert [poll_ms(s) for s in (0.0, 0.0004, 0.001, 0.0101, 2.0)] == [0, 1, 1, 11, 2000]
