@@ -24,7 +24,7 @@ from osm.core.wire import Fill
 from osm.live.client import Batch, Client
 from osm.session import Session
 from osm.strategies.sma_cross import SmaCross
-from osm.widgets.chart import LiveChart, chart
+from osm.widgets.chart import CANDLE_POINTS, LiveChart, candle_paths, chart
 from osm.widgets.controls import controls
 from tests.live_helpers import wait_for
 from tests.system_helpers import running_system
@@ -103,6 +103,38 @@ def mid_ohlc(rows: np.ndarray) -> np.ndarray:
     )
 
 
+def decode_candles(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, OHLC rows) that the candle mark's three paths draw, read back point by point:
+    the wick's ends are the high and the low, a body's first and third corners the open and the
+    close, in the rising row or the falling one (checked to be the only one)."""
+    xs, ys = (np.asarray(a, np.float64).reshape(3, -1, CANDLE_POINTS) for a in (xs, ys))
+    x, high, low = xs[0, :, 0], ys[0, :, 0], ys[0, :, 1]
+    rising, falling = ~np.isnan(ys[1, :, 0]), ~np.isnan(ys[2, :, 0])
+    assert np.all(rising ^ falling)
+    body = np.where(rising[:, None], ys[1], ys[2])
+    assert np.all(np.isnan(ys[:, :, -1])), "each candle ends its sub-path with NaN"
+    np.testing.assert_allclose(xs[1, :, [0, 1]].T, x[:, None] + [-0.375, 0.375], atol=1e-6)
+    open_, close = body[:, 0], body[:, 2]
+    assert np.all(close[rising] >= open_[rising]) and np.all(close[falling] < open_[falling])
+    return x, np.column_stack([open_, high, low, close])
+
+
+def test_candle_paths_draw_each_candle_against_an_ohlc_oracle():
+    rng = np.random.default_rng(3)
+    o = 1.1 + rng.normal(0, 1e-3, 40)
+    c = o + rng.normal(0, 1e-4, 40)
+    c[::7] = o[::7]  # open == close: filled as rising, like bqplot's OHLC
+    h, lo = np.maximum(o, c) + 2e-4, np.minimum(o, c) - 1e-4
+    rows = np.column_stack([o, h, lo, c])
+    x = np.arange(-40, 0, dtype=np.float64)
+    xs, ys = candle_paths(x, rows)
+    assert xs.shape == ys.shape == (3, 40 * CANDLE_POINTS) and xs.dtype == np.float32
+    got_x, got = decode_candles(xs, ys)
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_allclose(got, rows, rtol=0, atol=1e-6)
+    assert np.count_nonzero(~np.isnan(ys[1, ::CANDLE_POINTS])) == np.count_nonzero(c >= o)
+
+
 # -- the chart on hand-made batches ----------------------------------------------------------
 
 
@@ -114,23 +146,28 @@ def test_chart_holds_exactly_the_last_window_bars_with_overlays(recorded):
         view.apply(batch(all_bars[lo:hi]))
     last = all_bars[-20:]
     # x counts back from the newest closed bar (-1); the forming bar is at 0.
-    np.testing.assert_array_equal(view.candles.x, np.arange(-20, 0, dtype=np.float64))
-    assert view.candles.x.dtype == np.float64 and view.candles.y.dtype == np.float64
-    np.testing.assert_allclose(view.candles.y, mid_ohlc(last), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(view.ohlc_x, np.arange(-20, 0, dtype=np.float64))
+    assert view.ohlc_x.dtype == np.float64 and view.ohlc.dtype == np.float64
+    np.testing.assert_allclose(view.ohlc, mid_ohlc(last), rtol=0, atol=1e-12)
+    # What the candle mark draws decodes back to the same candles.
+    x, ohlc = decode_candles(view.candles.x, view.candles.y)
+    np.testing.assert_array_equal(x, view.ohlc_x)
+    np.testing.assert_allclose(ohlc, mid_ohlc(last), rtol=0, atol=1e-6)
     # The overlays are the strategy's moving averages of the mid close (a pandas oracle),
     # computed with the warm-up before the window, so none is NaN in view.
     closes = pd.Series(mid_ohlc(all_bars)[:, 3])
     for row, n in zip(view.lines.y, (3, 8), strict=True):
         np.testing.assert_allclose(row, closes.rolling(n).mean().to_numpy()[-20:], atol=1e-12)
     assert list(view.lines.labels) == ["sma 3", "sma 8"]
-    assert set(view.x_axis.tick_labels) <= set(view.candles.x.astype(int))
+    assert set(view.x_axis.tick_labels) <= set(view.ohlc_x.astype(int))
     assert view.x_axis.tick_labels[-1] == "03-05 08:56"
-    # Sent as binary float64 buffers, never JSON lists or int64.
+    # Sent as binary float32 buffers (three paths), never JSON lists or int64.
     _, data, buffers = messages_to(recorded, view.candles)[-1]
-    assert buffers and data["state"]["y"]["dtype"] == "float64"
+    assert buffers and data["state"]["y"]["dtype"] == "float32"
+    assert list(data["state"]["y"]["shape"]) == [3, 20 * CANDLE_POINTS]
     # Once the window is full x is the same every time: only y travels.
     assert "x" not in data["state"]
-    assert any(d["state"].get("x", {}).get("dtype") == "float64"
+    assert any(d["state"].get("x", {}).get("dtype") == "float32"
                for _, d, _ in messages_to(recorded, view.candles))  # fmt: skip
 
 
@@ -146,10 +183,10 @@ def test_forming_bar_updates_in_place_with_small_messages(recorded):
         # Two rows: the last closed bar, invisible, then the forming bar.
         np.testing.assert_array_equal(view.forming.x, [-1.0, 0.0])
         np.testing.assert_allclose(view.forming.y[1], mid_ohlc(forming)[0])
-        np.testing.assert_array_equal(view.forming.y[0], view.candles.y[-1])
+        np.testing.assert_array_equal(view.forming.y[0], view.ohlc[-1])
     # bqplot sizes a candle by the smallest x step within its own mark (a lone candle gets half
     # the axis): the forming mark's step must be the closed candles' step, its first row hidden.
-    assert np.diff(view.forming.x).min() == np.diff(view.candles.x).min() == 1.0
+    assert np.diff(view.forming.x).min() == np.diff(view.ohlc_x).min() == 1.0
     assert view.forming.opacities[0] == 0 and view.forming.opacities[1] > 0
     sent = recorded[before:]
     assert {cid for _, cid, _, _ in sent} == {view.forming.comm.comm_id}
@@ -160,15 +197,15 @@ def test_forming_bar_updates_in_place_with_small_messages(recorded):
     closed = forming.copy()
     closed["complete"] = True
     view.apply(batch(closed))
-    assert view.candles.x[-1] == -1.0 and len(view.candles.x) == 500
-    np.testing.assert_allclose(view.candles.y[-1], mid_ohlc(closed)[0])
+    assert view.ohlc_x[-1] == -1.0 and len(view.ohlc_x) == 500
+    np.testing.assert_allclose(view.ohlc[-1], mid_ohlc(closed)[0])
     assert len(view.forming.x) == 0
     # The next bar forms one step further on, beside the bar that just closed.
     following = bars(501, 1)
     following["complete"] = False
     view.apply(batch(forming=following))
     np.testing.assert_array_equal(view.forming.x, [-1.0, 0.0])
-    np.testing.assert_array_equal(view.forming.y[0], view.candles.y[-1])
+    np.testing.assert_array_equal(view.forming.y[0], view.ohlc[-1])
     following["complete"] = True
     view.apply(batch(following))
     # A forming update late for a bar already closed is not drawn.
@@ -186,8 +223,8 @@ def test_bars_the_follower_skipped_still_count_in_the_index(recorded):
     assert view.seen == 12 and len(recorded) == sent
     view.apply(batch(bars(42, 4), skipped=5))
     assert view.seen == 12 + 35 + 4
-    np.testing.assert_array_equal(view.candles.x, np.arange(-10, 0, dtype=np.float64))
-    np.testing.assert_allclose(view.candles.y[-4:], mid_ohlc(bars(42, 4)), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(view.ohlc_x, np.arange(-10, 0, dtype=np.float64))
+    np.testing.assert_allclose(view.ohlc[-4:], mid_ohlc(bars(42, 4)), rtol=0, atol=1e-12)
     forming = bars(46, 1)
     forming["complete"] = False
     view.apply(batch(forming=forming))
@@ -255,7 +292,7 @@ def test_ohlc_rows_keep_high_and_low_the_extremes(recorded):
     odd = bars(0, 3)
     odd["bid_high"][1] = odd["bid_low"][1] - 1e-3  # a high below the low from a bad source
     view.apply(batch(odd))
-    y = view.candles.y
+    y = view.ohlc
     assert np.all(y[:, 1] == y.max(axis=1)) and np.all(y[:, 2] == y.min(axis=1))
 
 
@@ -289,7 +326,7 @@ def test_streaming_chart_respects_the_throttle_and_stops_on_close(home, system, 
     elapsed = window[-1][0] - window[0][0]
     per_batch = 6  # candles, lines, axis, forming, buys, sells
     assert len(window) / max(elapsed, 1.0) <= 4 * per_batch + per_batch
-    assert len(view.candles.x) == 50 and view.candles.x[-1] == -1
+    assert len(view.ohlc_x) == 50 and view.ohlc_x[-1] == -1
     assert np.all(np.diff(view.series.view["time"]) > 0)
     with Client(home) as client:
         stored = client.bars("EUR_USD", "S5", 200)

@@ -12,17 +12,29 @@ Layout of the figure (bqplot):
   the other marks), which is most of the browser's work. x spans the window for good; y is fitted
   to the candles in view with a margin and moves only when they leave it or fill less than half
   of it.
-- ``candles``: an OHLC mark of the closed bars in view (mid prices, float64 ``(n, 4)``).
+- ``candles``: the closed bars in view (mid prices), drawn as three SVG paths, not one SVG group
+  per candle: a Lines mark (``fill="inside"``) whose rows are the wicks, the rising bodies and the
+  falling bodies, each candle a few points closed by NaN (see :func:`candle_paths`). bqplot's OHLC
+  mark makes a ``g.stick`` of three paths per candle and, on any change, sets every one of them
+  again: the browser restyles, lays out and repaints thousands of SVG elements per update (80 ms
+  and more per update for 500 candles with software rendering, most of a second for 2,000). Three
+  paths cost the same whatever the count. They look the same: bodies 3/4 of a bar's slot in data
+  units (they scale with zoom), filled green or red, outlined; wicks from high to low behind them.
+  The numbers drawn are kept in :attr:`LiveChart.ohlc_x` and :attr:`LiveChart.ohlc`.
 - ``forming``: a second OHLC mark holding the last closed bar (invisible) and the forming bar, so
   a tick sends one short message (two rows) and the closed candles are resent once per closed
   bar, not on every tick. The invisible row is there for the width: bqplot sizes a candle from
-  the smallest x step of its own mark, and a one-row mark would get half the axis.
+  the smallest x step of its own mark, and a one-row mark would get half the axis. It stays an
+  OHLC mark (two ``g.stick``): two candles are cheap.
 - ``lines``: one Lines mark, a row per indicator of the strategy (see :data:`OVERLAYS`).
 - ``buys`` / ``sells``: Scatter marks of the fills, at their bar and price.
 
 Updates come on the follower's thread, at most `hz` batches a second; each mark changes in place
 under ``hold_sync`` (one message per mark per batch). Widgets are created on the caller's thread
-only. Arrays are float64 (bqplot sends them as binary buffers; int64 would be cast to int32).
+only. Arrays travel as binary buffers (bqplot's array serializer; int64 would be cast to int32):
+float64, except the candle paths, float32 (half the bytes; 7 significant digits place a price to
+a tenth of a pipette on screen). Once the window is full the candles' x never changes, so an
+update sends only their y.
 """
 
 from __future__ import annotations
@@ -153,10 +165,14 @@ class LiveChart:
         y = bq.LinearScale()
         scales = {"x": x, "y": y}
         empty_x, empty_y = np.empty(0), np.empty((0, 4))
-        self.candles = bq.OHLC(
-            x=empty_x, y=empty_y, scales=scales, marker="candle", format="ohlc",
-            colors=["#2ca02c", "#d62728"], stroke="#444", display_legend=False,
+        # No rows until there are candles: bqplot places each row's label at its last point,
+        # and an empty row has none (the view fails to render).
+        self.candles = bq.Lines(
+            x=empty_x, y=np.empty((0, 0)), scales=scales, labels=["wicks", "rising", "falling"],
+            colors=["#444"] * 3, fill="inside", fill_colors=["#444", *CANDLE_COLORS],
+            fill_opacities=[0.0, 1.0, 1.0], stroke_width=1, display_legend=False,
         )  # fmt: skip
+        self.ohlc_x, self.ohlc = np.empty(0), np.empty((0, 4))  # the candles drawn
         self.forming = bq.OHLC(
             x=empty_x, y=empty_y, scales=scales, marker="candle", format="ohlc",
             colors=["#98df8a", "#ff9896"], stroke="#999", opacities=[0.0, 0.8],
@@ -229,9 +245,12 @@ class LiveChart:
         rows = _ohlc(shown)
         drawn = overlays(self.strategy, bars)
         self._fit_y(rows, drawn, len(shown))
+        self.ohlc_x, self.ohlc = x, rows
+        xs, ys = candle_paths(x, rows)
         with self.candles.hold_sync():
-            self.candles.x = x
-            self.candles.y = rows
+            if not np.array_equal(self.candles.x, xs, equal_nan=True):
+                self.candles.x = xs
+            self.candles.y = ys
         if drawn:
             with self.lines.hold_sync():
                 self.lines.x = x
@@ -343,6 +362,35 @@ class LiveChart:
             widget.close()
         for callback in self._on_close:
             callback()
+
+
+CANDLE_COLORS = ("#2ca02c", "#d62728")  # rising, falling
+CANDLE_HALF_WIDTH = 0.375  # a body spans 3/4 of a bar's slot, as bqplot's OHLC mark draws it
+CANDLE_POINTS = 6  # path points per candle in each row of :func:`candle_paths`
+
+
+def candle_paths(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candles at `x` with OHLC `rows` as three rows of path points, float32 ``(3, 6 n)``.
+
+    Row 0, the wicks: per candle (x, high), (x, low), then NaN. Rows 1 and 2, the rising bodies
+    (close at or above open, as bqplot's OHLC fills them) and the falling ones: per candle a
+    closed rectangle (x -/+ :data:`CANDLE_HALF_WIDTH`, open and close), then NaN. bqplot's Lines
+    breaks a line where y is NaN, so each candle is its own sub-path. A candle not in a body
+    row has NaN y there but the same x, so x depends only on `x` (unchanged updates send no x).
+    """
+    n = len(x)
+    xs = np.full((3, n, CANDLE_POINTS), np.nan, np.float32)
+    ys = np.full((3, n, CANDLE_POINTS), np.nan, np.float32)
+    o, h, lo, c = rows.T
+    xs[0, :, 0] = xs[0, :, 1] = x
+    ys[0, :, 0], ys[0, :, 1] = h, lo
+    left, right = x - CANDLE_HALF_WIDTH, x + CANDLE_HALF_WIDTH
+    xs[1:, :, :5] = np.column_stack([left, right, right, left, left])
+    body = np.column_stack([o, o, c, c, o])
+    rising = c >= o
+    ys[1, rising, :5] = body[rising]
+    ys[2, ~rising, :5] = body[~rising]
+    return xs.reshape(3, -1), ys.reshape(3, -1)
 
 
 def _ohlc(bars: np.ndarray) -> np.ndarray:
