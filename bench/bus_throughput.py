@@ -5,6 +5,8 @@ The router is a real process (``python -m osm.live.process router``) on ipc sock
 run directory, fed by this process as a feeder would: 256-tick ``wire.Ticks`` batches with feed
 positions, at most 256 batches unacknowledged. The clock stops at the acknowledgement of the last
 tick. Raw pyzmq: a PUB in a child process sends 64-byte messages as fast as it can to a SUB here.
+Also the router's CPU time (user + system, from ``/proc``) over the timed stretch, as ticks per
+CPU second: on a shared machine the wall-clock rate moves with the other load, its CPU cost much less.
 Prints one JSON line with both rates and their ratio (goal: at least 0.5).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,6 +67,12 @@ def raw_pubsub_rate(folder: Path, context: zmq.Context) -> float:
         start.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batches(token: str) -> list[list[bytes]]:
     config = FeedConfig(name="bench", instruments=["EUR_USD"], start="2024-01-08T00:00Z")
     source, position, out = open_source(config), 0, []
@@ -75,7 +84,7 @@ def batches(token: str) -> list[list[bytes]]:
     return out
 
 
-def router_rate(home: Path, context: zmq.Context) -> tuple[float, int]:
+def router_rate(home: Path, context: zmq.Context) -> tuple[float, float, int]:
     rundir = RunDir(home)
     config = SystemConfig(
         feeds=[FeedConfig(name="bench", instruments=["EUR_USD"])],
@@ -102,7 +111,7 @@ def router_rate(home: Path, context: zmq.Context) -> tuple[float, int]:
             raise RuntimeError(f"the router did not answer; see {rundir.log_path('router')}")
         dealer.recv_multipart()
         positions = [wire.decode(f[1]).seq for f in frames]
-        begin, sent, acked = time.perf_counter(), 1, 1
+        begin, cpu_begin, sent, acked = time.perf_counter(), cpu_seconds(router.pid), 1, 1
         while True:
             while sent < len(frames) and sent - acked < WINDOW:
                 dealer.send_multipart(frames[sent])
@@ -113,11 +122,12 @@ def router_rate(home: Path, context: zmq.Context) -> tuple[float, int]:
             acked = bisect.bisect_right(positions, ack.seq)
             if acked == len(frames):
                 break
-        elapsed = time.perf_counter() - begin
+        elapsed, cpu = time.perf_counter() - begin, cpu_seconds(router.pid) - cpu_begin
         closed = 0
         while bars.poll(200):
             closed += wire.decode(bars.recv_multipart()[1]).count
-        return (positions[-1] - positions[0]) / elapsed, closed
+        ticks = positions[-1] - positions[0]
+        return ticks / elapsed, ticks / cpu, closed
     finally:
         router.terminate()
         router.wait(30)
@@ -129,7 +139,7 @@ def main() -> None:
     context = zmq.Context()
     with tempfile.TemporaryDirectory(prefix="osm", dir="/tmp") as folder:
         raw = raw_pubsub_rate(Path(folder), context)
-        ticks, closed_bars = router_rate(Path(folder), context)
+        ticks, ticks_per_cpu_s, closed_bars = router_rate(Path(folder), context)
     context.term()
     print(
         json.dumps(
@@ -138,6 +148,7 @@ def main() -> None:
                 "router_ticks_per_s": round(ticks),
                 "raw_pubsub_msgs_per_s": round(raw),
                 "ratio": round(ticks / raw, 2),
+                "router_ticks_per_cpu_s": round(ticks_per_cpu_s),
                 "bars_published": closed_bars,
             }
         )

@@ -86,6 +86,7 @@ class _Book:
         self.changed = False  # forming bars changed since the last journal record
         self.partial_due = np.zeros(n, bool)
         self.partial_sent = np.zeros(n)
+        self.partial_next = 0.0  # monotonic time its next forming bar may go out (earliest of g)
 
     def forming(self, g: int) -> np.ndarray:
         return to_bars(self.f_time[g : g + 1], self.f_px[g : g + 1], self.f_n[g : g + 1], False)
@@ -131,6 +132,9 @@ class Router(Service):
         }
         self._jump_ns = int(settings.time_jump_s * NS)
         self._lead_ns = int(settings.clock_lead_s * NS)
+        self._unpaced_guard = Guard(
+            _NO_LIMIT, self._jump_ns, settings.spike_band, settings.confirm_ticks
+        )
         self._topics = [
             f"{kind}.{i}.{g}" for i in instruments for g in self.granularities
             for kind in ("bar", "bar_partial")
@@ -290,9 +294,9 @@ class Router(Service):
         return ticks[applied - first :]
 
     def _guard(self, paced: bool) -> Guard:
-        settings = self.config.router
-        max_time = time.time_ns() + self._lead_ns if paced else _NO_LIMIT
-        return Guard(max_time, self._jump_ns, settings.spike_band, settings.confirm_ticks)
+        if not paced:
+            return self._unpaced_guard
+        return self._unpaced_guard._replace(max_time=time.time_ns() + self._lead_ns)
 
     def _apply(self, book: _Book, ticks: np.ndarray, feed: str, paced: bool) -> None:
         n_held = len(book.held)
@@ -327,8 +331,7 @@ class Router(Service):
         book.last = (int(time_ns[last]), float(bid[last]), float(ask[last]))
         book.changed = True
         book.partial_due[:] = True
-        first = float(book.partial_sent.min()) + self._partial_interval
-        self._partials_at = min(self._partials_at, first)
+        self._partials_at = min(self._partials_at, book.partial_next)
         for g, count in enumerate(self._closed_counts.tolist()):
             if count:
                 bars = self._closed_rows[g, :count]
@@ -448,6 +451,7 @@ class Router(Service):
                 message = wire.Bars.of(book.instrument, self.granularities[g], book.forming(g))
                 send_frames(self.pub, wire.frames(topic, message))
                 book.partial_sent[g], book.partial_due[g] = now, False
+            book.partial_next = float(book.partial_sent.min()) + self._partial_interval
 
     def history(
         self, instrument: str, granularity: str, count: int, end_ns: int | None

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from osm.core import wire
-from osm.core.dtypes import PRICE_FIELDS, empty_bars
+from osm.core.dtypes import BAR_DTYPE, PRICE_FIELDS, empty_bars
 from osm.core.granularity import check_granularity, step_ns
 
 JOURNAL_MAGIC = b"OSMJRN1\n"
@@ -80,6 +80,19 @@ def periods(times: np.ndarray, granularity: str) -> np.ndarray:
     """Partition period of each bar: ``YYYY-MM`` below a day, ``YYYY`` for D, W and M."""
     unit = "M" if step_ns(granularity) is not None else "Y"
     return np.datetime_as_string(times.astype("datetime64[ns]").astype(f"datetime64[{unit}]"))
+
+
+def period_span(time_ns: int, granularity: str) -> tuple[str, int, int]:
+    """The partition period holding a bar opening at `time_ns`: its label and [start, end) in ns."""
+    unit = "M" if step_ns(granularity) is not None else "Y"
+    start = np.datetime64(time_ns, "ns").astype(f"datetime64[{unit}]")
+    bounds = np.array([start, start + 1]).astype("datetime64[ns]").astype(np.int64)
+    return str(start), int(bounds[0]), int(bounds[1])
+
+
+def join_bars(chunks: list[np.ndarray]) -> np.ndarray:
+    """One BAR_DTYPE array of many (``dtype=`` spares numpy a field promotion per chunk)."""
+    return np.concatenate(chunks, dtype=BAR_DTYPE) if chunks else empty_bars()
 
 
 def partition_path(root: Path, instrument: str, granularity: str, period: str) -> Path:
@@ -123,7 +136,7 @@ def _read_partition(path: Path) -> np.ndarray:
 
 def _write_partition(path: Path, bars: np.ndarray) -> None:
     """Merge `bars` into the partition file, atomically (a reader sees the old or the new file)."""
-    merged = dedupe(np.concatenate([_read_partition(path), bars]))
+    merged = dedupe(join_bars([_read_partition(path), bars]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(_to_table(merged), tmp)
@@ -216,7 +229,7 @@ def read_bars(
         for p in sorted(folder.glob("period=*"))
         if low <= p.name.removeprefix("period=") <= high
     ]
-    bars = dedupe(np.concatenate([*stored, *parts])) if stored or parts else empty_bars()
+    bars = dedupe(join_bars([*stored, *parts]))
     mask = np.ones(len(bars), bool)
     if start_ns is not None:
         mask &= bars["time"] >= start_ns
@@ -249,6 +262,9 @@ class BarStore:
         self.last_ticks: dict[str, tuple[int, float, float]] = {}
         self.held: dict[str, np.ndarray] = {}
         self._pending: dict[SeriesKey, dict[str, list[np.ndarray]]] = {}
+        # The period each series last closed a bar in: nearly every round's bars fall in it, and
+        # labelling each bar (periods()) cost more than the rest of a round.
+        self._spans: dict[SeriesKey, tuple[str, int, int]] = {}
         self._fd: int | None = None
         self._size = self._rewrite_at = 0
 
@@ -289,7 +305,7 @@ class BarStore:
     def pending(self, key: SeriesKey) -> np.ndarray:
         """Closed bars of a series that are in the journal only."""
         chunks = [a for arrays in self._pending.get(key, {}).values() for a in arrays]
-        return dedupe(np.concatenate(chunks)) if chunks else empty_bars()
+        return dedupe(join_bars(chunks))
 
     def _absorb(self, record: JournalRecord) -> bool:
         """Fold a record into memory; True if some series has moved past a period."""
@@ -297,10 +313,17 @@ class BarStore:
         for message in record.closed:
             key = (message.instrument, message.granularity)
             bars = message.array()
+            if not len(bars):
+                continue
             by_period = self._pending.setdefault(key, {})
-            labels = periods(bars["time"], message.granularity)
-            for period in np.unique(labels):
-                by_period.setdefault(str(period), []).append(bars[labels == period])
+            times, span = bars["time"], self._spans.get(key)
+            if span is not None and span[1] <= times.min() and times.max() < span[2]:
+                by_period.setdefault(span[0], []).append(bars)
+            else:
+                labels = periods(times, message.granularity)
+                for period in np.unique(labels):
+                    by_period.setdefault(str(period), []).append(bars[labels == period])
+                self._spans[key] = period_span(int(times.max()), message.granularity)
             finished |= len(by_period) > 1
         for message in record.forming:
             self.forming[(message.instrument, message.granularity)] = message.array().copy()
@@ -314,7 +337,7 @@ class BarStore:
         for (instrument, granularity), by_period in self._pending.items():
             ordered = sorted(by_period)
             for period in ordered if everything else ordered[:-1]:
-                bars = dedupe(np.concatenate(by_period.pop(period)))
+                bars = dedupe(join_bars(by_period.pop(period)))
                 _write_partition(partition_path(self.root, instrument, granularity, period), bars)
 
     def _rewrite_journal(self) -> None:

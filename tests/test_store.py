@@ -111,6 +111,32 @@ def test_a_finished_period_goes_to_parquet_and_leaves_the_journal(root: Path, ho
     assert set(table.column("period").to_pylist()) == {"2014-05", "2014-06"}
 
 
+@pytest.mark.parametrize("granularity", ["M1", "D"])
+def test_every_bar_lands_in_its_own_period_whatever_the_rounds(
+    root: Path, granularity: str
+) -> None:
+    """Rounds of a few bars, one straddling a period's end, one going back into an older period
+    and one after a flush: each bar is in the partition its own time names (labelled one by one)."""
+    step = 60 * NS if granularity == "M1" else 86_400 * NS
+    start = pd.Timestamp("2014-05-31T23:50Z" if granularity == "M1" else "2013-12-20T00:00Z").value
+    data = minute_bars(0, 40)
+    data["time"] = start + np.arange(40) * step
+    rounds = [data[:5], data[5:18], data[18:19], data[2:4], data[19:30]]
+    writer = BarStore(root)
+    writer.recover()
+    for seq, bars in enumerate(rounds, 1):
+        writer.append(record(bars, seq, granularity))
+    writer.flush()
+    writer.append(record(data[30:], 6, granularity))
+    writer.flush()
+    writer.close()
+    labels = store_module.periods(data["time"], granularity)
+    assert len(set(labels)) == 2
+    for period in set(labels):
+        stored = store_module._read_partition(partition_path(root, "EUR_USD", granularity, period))
+        np.testing.assert_array_equal(stored["time"], data["time"][labels == period])
+
+
 def test_bars_in_both_parquet_and_journal_are_read_once(root: Path) -> None:
     writer = BarStore(root)
     writer.recover()
