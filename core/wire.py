@@ -60,6 +60,26 @@ class Bars(Message, tag="bars.v1"):
         return _array(self.data, self.count, BAR_DTYPE)
 
 
+class Backfill(Message, tag="backfill.v1"):
+    """Complete bars a live feed got from its venue's history for a time it has no ticks of (before
+    its start, or a stream gap); `feed` and `token` as in :class:`Ticks`. The router stores those
+    it has no bar for; no acknowledgement (a feeder backfills again at its next start)."""
+
+    instrument: str
+    granularity: str
+    count: int
+    data: bytes  # BAR_DTYPE rows
+    feed: str
+    token: str
+
+    @classmethod
+    def of(cls, feed: str, token: str, bars: Bars) -> Backfill:
+        return cls(bars.instrument, bars.granularity, bars.count, bars.data, feed, token)
+
+    def array(self) -> np.ndarray:
+        return _array(self.data, self.count, BAR_DTYPE)
+
+
 class Heartbeat(Message, tag="heartbeat.v1"):
     """Telemetry of one process; `token` is the secret the supervisor gave it when it started it."""
 
@@ -86,23 +106,33 @@ class HistoryRequest(Message, tag="history.v1"):
 
 
 class Target(Message, tag="target.v1"):
-    """A brain's wanted position; the trader sends the difference from the current one."""
+    """A brain's wanted position; the trader sends the difference from the current one.
+
+    `stop_loss` and `take_profit` are optional price distances from the fill price: the trade the
+    order opens is closed when the price it would close at (the bid for a long, the ask for a
+    short) moves that far against it or for it; the closing fill is the brain's.
+    """
 
     brain: str
     instrument: str
     units: int
     client_id: str
     after_ns: int = 0  # execute at the first quote at or after this instant (the bar's close)
+    stop_loss: float | None = None
+    take_profit: float | None = None
 
 
 class Order(Message, tag="order.v1"):
-    """A market order for a signed number of units (positive buys)."""
+    """A market order for a signed number of units (positive buys); `stop_loss` and
+    `take_profit` as for :class:`Target`."""
 
     brain: str
     instrument: str
     units: int
     client_id: str
     after_ns: int = 0
+    stop_loss: float | None = None
+    take_profit: float | None = None
 
 
 class OrderReply(Message, tag="order_reply.v1"):
@@ -115,7 +145,9 @@ class OrderReply(Message, tag="order_reply.v1"):
 class Fill(Message, tag="fill.v1"):
     """One fill. `commission` is in the instrument's quote currency, like the price; `booked` is
     what the fill changed the account's balance by, in the account currency (its realised PnL
-    less its costs, converted as the broker books it); None if the broker could not convert."""
+    less its costs, converted as the broker books it); None if the broker could not convert.
+    `fill_id` is the broker's id of this fill (the venue's transaction id), unique across fills:
+    an order filled in parts has one per part; '' means the client id (one fill per order)."""
 
     client_id: str
     brain: str
@@ -125,6 +157,7 @@ class Fill(Message, tag="fill.v1"):
     time_ns: int
     commission: float = 0.0
     booked: float | None = None
+    fill_id: str = ""
 
 
 class Position(Message, tag="position.v1"):
@@ -150,7 +183,7 @@ class Reply(Message, tag="reply.v1"):
 
 
 AnyMessage = (
-    Ticks | Bars | Ack | Heartbeat | HistoryRequest | Target | Order | OrderReply | Fill | Position
+    Ticks | Bars | Backfill | Ack | Heartbeat | HistoryRequest | Target | Order | OrderReply | Fill | Position
     | Command | Reply
 )  # fmt: skip
 _encoder = msgspec.msgpack.Encoder()

@@ -252,7 +252,8 @@ class Client:
     # -- trader --------------------------------------------------------------------------------
 
     def trader(self, command: str, **args: Any) -> Any:
-        """Send a command (status, halt, resume, flatten, orders, fills, positions) to the trader."""
+        """Send a command (status, halt, resume, flatten, cancel, orders, fills, positions) to the
+        trader."""
         return self._command(zmq.DEALER, "trader_orders", command, args)
 
     def orders(self) -> Any:
@@ -271,17 +272,27 @@ class Client:
         """Close every position with market orders (allowed while halted)."""
         return self.trader("flatten")
 
+    def cancel(self, client_id: str) -> Any:
+        """Cancel an order not yet filled in full; the reply says whether it is cancelled."""
+        return self.trader("cancel", client_id=client_id)
+
     def fills(self) -> Any:
         return self.trader("fills")
 
     def order(
-        self, instrument: str, units: int, brain: str = "cli", client_id: str | None = None
+        self,
+        instrument: str,
+        units: int,
+        brain: str = "cli",
+        client_id: str | None = None,
+        stop_loss: float | None = None,
+        take_profit: float | None = None,
     ) -> wire.OrderReply:
-        """Send a market order through the trader's risk checks; the reply says if it was taken."""
+        """Send a market order through the trader's risk checks; the reply says if it was taken.
+        `stop_loss` / `take_profit` are price distances from the fill (see wire.Target)."""
         client_id = client_id or f"{brain}-{uuid.uuid4().hex[:12]}"
-        reply = self._ask(
-            zmq.DEALER, "trader_orders", wire.Order(brain, instrument, units, client_id)
-        )
+        order = wire.Order(brain, instrument, units, client_id, 0, stop_loss, take_profit)
+        reply = self._ask(zmq.DEALER, "trader_orders", order)
         if not isinstance(reply, wire.OrderReply):
             raise WireError(f"the trader answered an order with a {type(reply).__name__}")
         return reply

@@ -2,8 +2,9 @@
 
 An order's intent is committed, keyed by its client order id, before the broker sees it; the id is
 UNIQUE, so a resent order (a restarted brain, a retrying client) is recognised and never executed
-twice. Fills are keyed by client id too: a broker that reports a fill again is ignored. Positions
-are a snapshot for readers; on start the trader rebuilds them from the fills.
+twice. Fills are keyed by the broker's fill id (the venue's transaction id; the paper broker's own
+id), so a broker that reports a fill again is ignored while an order filled in parts keeps every
+part. Positions are a snapshot for readers; on start the trader rebuilds them from the fills.
 
 Schema::
 
@@ -11,11 +12,14 @@ Schema::
            created_ns, updated_ns)
         kind: order | target | flatten; target: the wanted position of a target, else NULL;
         status: new (committed, maybe not sent) | sent (and still open then; an order filled at
-        once goes from new to filled) | filled | refused (also an order that expired: a stale
-        decision, its reason says so) | noop (a target already met) | lost
-        (sent, but the broker neither holds nor filled it after a restart)
-    fills(seq, client_id UNIQUE -> orders, brain, instrument, units, price, commission, time_ns,
-          booked)
+        once goes from new to filled; one filled in part stays open) | filled (every unit) |
+        refused (also an order that expired: a stale decision, its reason says so) | cancelled
+        (on request, or the rest of a part-filled order, by the venue; the reason says which) |
+        noop (a target already met) | lost (sent, but the broker neither holds nor filled it
+        after a restart)
+    fills(seq, fill_id UNIQUE, client_id -> orders, brain, instrument, units, price, commission,
+          time_ns, booked)
+        fill_id: the broker's id of the fill (a journal from before partial fills: the client id)
         booked: what the fill changed the balance by, in the account currency (NULL: not
         converted, or journaled before the column existed: then the quote-currency PnL counts)
     positions(instrument PRIMARY KEY, units, average_price, realized, commission, updated_ns)
@@ -36,12 +40,12 @@ import msgspec
 from osm.core import wire
 from osm.live.adapters.base import Book
 
-STATUSES = ("new", "sent", "filled", "refused", "noop", "lost")
+STATUSES = ("new", "sent", "filled", "refused", "cancelled", "noop", "lost")
 OPEN = ("new", "sent")
 # How many rows a reader asks for: SQLite's integers are 64-bit.
 Limit = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
-_SCHEMA = f"""
+_ORDERS = f"""
 CREATE TABLE IF NOT EXISTS orders (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     client_id TEXT NOT NULL UNIQUE,
@@ -55,11 +59,12 @@ CREATE TABLE IF NOT EXISTS orders (
     reason TEXT NOT NULL DEFAULT '',
     created_ns INTEGER NOT NULL,
     updated_ns INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orders_open ON orders (status) WHERE status IN {OPEN};
+)"""
+_FILLS = """
 CREATE TABLE IF NOT EXISTS fills (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    client_id TEXT NOT NULL UNIQUE REFERENCES orders (client_id),
+    fill_id TEXT NOT NULL UNIQUE,
+    client_id TEXT NOT NULL REFERENCES orders (client_id),
     brain TEXT NOT NULL,
     instrument TEXT NOT NULL,
     units INTEGER NOT NULL,
@@ -67,7 +72,12 @@ CREATE TABLE IF NOT EXISTS fills (
     commission REAL NOT NULL,
     time_ns INTEGER NOT NULL,
     booked REAL
-);
+)"""
+_SCHEMA = f"""
+{_ORDERS};
+CREATE INDEX IF NOT EXISTS orders_open ON orders (status) WHERE status IN {OPEN};
+{_FILLS};
+CREATE INDEX IF NOT EXISTS fills_order ON fills (client_id);
 CREATE TABLE IF NOT EXISTS positions (
     instrument TEXT PRIMARY KEY,
     units INTEGER NOT NULL,
@@ -117,11 +127,9 @@ class Journal:
         if sync not in ("normal", "full"):
             raise ValueError(f"journal sync must be 'normal' or 'full', got {sync!r}")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+        self._migrate()
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(fills)")}
-        if "booked" not in columns:  # a journal written before PnL was booked per currency
-            self._db.execute("ALTER TABLE fills ADD COLUMN booked REAL")
         self._db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('initial_balance', ?)", (repr(initial_balance),)
         )
@@ -129,6 +137,29 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring a journal written by an older version to this schema (foreign keys are off)."""
+        fills = {row[1] for row in self._db.execute("PRAGMA table_info(fills)")}
+        if not fills:
+            return  # a new journal
+        if "booked" not in fills:  # written before PnL was booked per currency
+            self._db.execute("ALTER TABLE fills ADD COLUMN booked REAL")
+        orders = self._db.execute("SELECT sql FROM sqlite_master WHERE name = 'orders'").fetchone()
+        if "'cancelled'" not in orders[0]:  # written before orders could be cancelled
+            self._rebuild("orders", _ORDERS, "*")
+        if "fill_id" not in fills:  # written when fills were keyed by client id (one per order)
+            columns = "seq, client_id, client_id, brain, instrument, units, price, commission, "
+            self._rebuild("fills", _FILLS, columns + "time_ns, booked")
+
+    def _rebuild(self, table: str, create: str, columns: str) -> None:
+        """Replace `table` by `create`'s, keeping its rows (SQLite cannot alter a constraint)."""
+        db = self._tx()
+        db.execute(create.replace(f"EXISTS {table} (", f"EXISTS {table}_new ("))
+        db.execute(f"INSERT INTO {table}_new SELECT {columns} FROM {table}")
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+        db.execute("COMMIT")
 
     def _tx(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")
@@ -176,31 +207,31 @@ class Journal:
     def record_fill(self, fill: wire.Fill, book: Book, now_ns: int) -> bool:
         """Commit a fill, its order's status and the position after it in one transaction.
 
-        Return False (and change nothing) if this client id has filled already; raise
-        IntegrityError for a fill of an order that was never journaled.
+        The order is filled once its fills add up to its units; until then it stays open. Return
+        False (and change nothing) if this fill (its `fill_id`, else its client id) is journaled
+        already; raise IntegrityError for a fill of an order that was never journaled.
         """
+        fill_id = fill.fill_id or fill.client_id
         db = self._tx()
         try:
             db.execute(
-                "INSERT INTO fills (client_id, brain, instrument, units, price, commission,"
-                " time_ns, booked) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO fills (fill_id, client_id, brain, instrument, units, price,"
+                " commission, time_ns, booked) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
-                    fill.client_id, fill.brain, fill.instrument, fill.units, fill.price,
-                    fill.commission, fill.time_ns,
-                    fill.booked,
+                    fill_id, fill.client_id, fill.brain, fill.instrument, fill.units,
+                    fill.price, fill.commission, fill.time_ns, fill.booked,
                 ),
             )  # fmt: skip
             db.execute(
-                "UPDATE orders SET status = 'filled', updated_ns = ? WHERE client_id = ?",
+                "UPDATE orders SET status = 'filled', updated_ns = ? WHERE client_id = ? AND"
+                " units = (SELECT SUM(units) FROM fills WHERE client_id = orders.client_id)",
                 (now_ns, fill.client_id),
             )
             self._write_position(fill.instrument, book, now_ns)
         except sqlite3.IntegrityError:
             db.execute("ROLLBACK")
             # Asked only on failure, so a fill costs no extra query: a repeat, or no such order.
-            if self._db.execute(
-                "SELECT 1 FROM fills WHERE client_id = ?", (fill.client_id,)
-            ).fetchone():
+            if self._db.execute("SELECT 1 FROM fills WHERE fill_id = ?", (fill_id,)).fetchone():
                 return False
             raise
         except BaseException:
@@ -216,12 +247,15 @@ class Journal:
         )
 
     def open_orders(self) -> list[wire.Order]:
-        """Orders committed and not filled, refused or lost, oldest first."""
+        """Orders committed and not yet filled in full, refused, cancelled or lost, oldest
+        first; an order filled in part with the units still to fill."""
         rows = self._db.execute(
-            f"SELECT * FROM orders WHERE status IN {OPEN} ORDER BY seq"
+            "SELECT *, units - (SELECT COALESCE(SUM(units), 0) FROM fills"
+            f" WHERE fills.client_id = orders.client_id) AS rest FROM orders WHERE status IN {OPEN}"
+            " ORDER BY seq"
         ).fetchall()
         return [
-            wire.Order(r["brain"], r["instrument"], r["units"], r["client_id"], r["after_ns"])
+            wire.Order(r["brain"], r["instrument"], r["rest"], r["client_id"], r["after_ns"])
             for r in rows
         ]
 

@@ -16,8 +16,8 @@ broker sees it, so a kill -9 at any instant leaves each client id journaled once
 most once; on restart positions are rebuilt from the journaled fills and open orders handed back to
 the broker. A trader that cannot journal what happened (a fill) crashes, as every live process does
 on an error it cannot reason about (:mod:`osm.live.service`), and its restart recovers the same way.
-Commands: status, halt, resume, flatten, orders, fills, positions (see `_command`); their arguments
-are checked against the handlers' signatures and types.
+Commands: status, halt, resume, flatten, cancel, orders, fills, positions (see `_command`); their
+arguments are checked against the handlers' signatures and types.
 
 A decision is for its bar. A Target or Order whose ``after_ns`` is set is refused, journaled as
 refused with the reason, counted and answered when
@@ -41,6 +41,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import inspect
+import math
 import os
 import sqlite3
 import time
@@ -57,7 +58,7 @@ from osm.core.errors import UnknownNameError
 from osm.core.granularity import step_ns, trading_deadline
 from osm.core.instruments import INSTRUMENTS
 from osm.live.adapters import Book, brokers
-from osm.live.journal import Journal
+from osm.live.journal import OPEN, Journal
 from osm.live.risk import Refusal, Risk
 from osm.live.service import Service, now_ns, send_frames
 
@@ -94,8 +95,7 @@ class Trader(Service):
         self._ahead_ns = int(config.risk.max_decision_ahead_s * 1e9)
         self._decided: dict[tuple[str, str], int] = {}  # newest target's after_ns per brain
         self._cursor = ""  # the broker's transaction cursor as last persisted
-        if hasattr(self.broker, "expiry"):
-            self.broker.expiry = self._deadline
+        self.broker.expiry = self._deadline
         self._recover()
         self._next_positions = 0.0
         self._requests = self.bus.bind(zmq.ROUTER, "trader_orders")
@@ -109,6 +109,7 @@ class Trader(Service):
             "halt": self._halt,
             "resume": self._resume,
             "flatten": self._flatten,
+            "cancel": self._cancel,
             "orders": self.journal.orders,
             "fills": self.journal.fills,
             "positions": self._positions,
@@ -147,8 +148,8 @@ class Trader(Service):
                 continue
             self.journal.mark(order.client_id, "refused", now, f"expired: {refusal.text}")
             self.reject(refusal.code, f"{order.client_id} (open at restart): {refusal.text}")
-        if hasattr(self.broker, "cursor"):  # a venue's: its transactions since the last one seen
-            self.broker.cursor = self.journal.get_meta("broker_cursor") or ""
+        # A venue's: reconciliation reads its transactions since the last one journaled.
+        self.broker.cursor = self._cursor = self.journal.get_meta("broker_cursor") or ""
         lost = set(self.broker.restore(recovered.books, recovered.balance, open_orders))
         for order in open_orders:
             if order.client_id in lost:
@@ -195,8 +196,9 @@ class Trader(Service):
         kind = "target" if isinstance(message, wire.Target) else "order"
         target = message.units if kind == "target" else None
         order = wire.Order(
-            message.brain, message.instrument, message.units, message.client_id, message.after_ns
-        )
+            message.brain, message.instrument, message.units, message.client_id,
+            message.after_ns, message.stop_loss, message.take_profit,
+        )  # fmt: skip
         if not message.client_id:
             text = "client_id must be a non-empty string unique to this order"
             return self._refuse(order, kind, target, Refusal("bad_order", text), journal=False)
@@ -205,6 +207,11 @@ class Trader(Service):
                 f"units and after_ns must fit in 64 bits, got {message.units}, {message.after_ns}"
             )
             return self._refuse(order, kind, target, Refusal("bad_order", text), journal=False)
+        for name in ("stop_loss", "take_profit"):
+            distance = getattr(message, name)
+            if distance is not None and not (math.isfinite(distance) and distance > 0):
+                text = f"{name} is a price distance from the fill, > 0 or None; got {distance}"
+                return self._refuse(order, kind, target, Refusal("bad_order", text), False)
         known = self.journal.lookup(message.client_id)
         if known is not None:
             text = (
@@ -267,11 +274,11 @@ class Trader(Service):
     def _follow_broker(self) -> None:
         """Persist a venue broker's transaction cursor once the fills up to it are journaled (the
         last :meth:`_drain` did that), and halt on what the broker cannot reconcile."""
-        cursor = getattr(self.broker, "cursor", None)
+        cursor = self.broker.cursor
         if cursor and cursor != self._cursor:
             self.journal.set_meta("broker_cursor", cursor)
             self._cursor = cursor
-        reason = getattr(self.broker, "halt_reason", None)
+        reason = self.broker.halt_reason
         if reason:
             self.broker.halt_reason = None
             self._halt(reason)
@@ -314,17 +321,17 @@ class Trader(Service):
         return self._announce(reply, order)
 
     def _expire(self) -> dict[str, str]:
-        """Journal, count and publish the orders the broker let expire; return id -> reason."""
-        take = getattr(self.broker, "take_expired", None)
-        expired = take() if take is not None else []
+        """Journal, count and publish the orders that ended without filling in full (expired,
+        refused by the venue, cancelled); return id -> reason."""
+        expired = self.broker.take_expired()
         if not expired:
             return {}
         now = now_ns()
-        for order, why in expired:
-            self.journal.mark(order.client_id, "refused", now, why)
-            self.reject("stale_decision", f"{order.client_id}: {why}")
+        for order, why, status, code in expired:
+            self.journal.mark(order.client_id, status, now, why)
+            self.reject(code, f"{order.client_id}: {why}")
             self._announce(wire.OrderReply(order.client_id, False, why, order.units), order)
-        return {order.client_id: why for order, why in expired}
+        return {ended.order.client_id: ended.reason for ended in expired}
 
     def _announce(self, reply: wire.OrderReply, order: wire.Order) -> wire.OrderReply:
         self._publish(f"order.{order.brain}", reply)
@@ -389,7 +396,7 @@ class Trader(Service):
                 )  # fmt: skip
                 recorded = self.journal.record_fill(fill, book, now_ns())
             if not recorded:
-                self.reject("duplicate_fill", fill.client_id)
+                self.reject("duplicate_fill", f"{fill.client_id} ({fill.fill_id})")
                 continue
             self._books[fill.instrument] = book
             self._brain_units[(fill.brain, fill.instrument)] += fill.units
@@ -472,6 +479,29 @@ class Trader(Service):
                 remaining, part = remaining - chunk, part + 1
         self.log.warning("flatten sent %d orders", len(rows))
         return rows
+
+    def _cancel(self, client_id: str) -> dict[str, Any]:
+        """Cancel an order not yet filled in full. It is journaled cancelled and its brain told
+        (as of an expiry) once the broker confirms: at once on paper, when the venue answers
+        on OANDA (then `status` is still open in the reply; ``osm orders`` shows the outcome)."""
+        known = self.journal.lookup(client_id)
+        if known is None or known["status"] not in OPEN:
+            why = (
+                f"no order {client_id!r} in the journal"
+                if known is None
+                else f"order {client_id!r} is {known['status']}, not open: nothing to cancel"
+            )
+            return {"client_id": client_id, "cancelled": False, "status": "", "reason": why}
+        if not self.broker.cancel(client_id):
+            why = f"the broker holds no pending order {client_id!r} (it may have just filled)"
+            return {"client_id": client_id, "cancelled": False, "status": known["status"],
+                    "reason": why}  # fmt: skip
+        self._drain()
+        status = self.journal.lookup(client_id)["status"]
+        self.log.warning("cancel of %s requested: %s", client_id, status)
+        why = "" if status == "cancelled" else "cancel sent; the venue's answer follows (orders)"
+        return {"client_id": client_id, "cancelled": status == "cancelled", "status": status,
+                "reason": why}  # fmt: skip
 
     def _positions(self) -> list[dict[str, Any]]:
         by_brain: dict[str, dict[str, int]] = collections.defaultdict(dict)

@@ -120,3 +120,52 @@ def test_restore_adopts_the_journaled_books_and_accounts_for_every_open_order(mo
             assert getattr(venue.broker, "halt_reason", None) is None, name
         finally:
             venue.close()
+
+
+def test_an_order_not_yet_filled_is_cancelled_once_and_never_fills(venue):
+    venue.quote(1.10000, 1.10020)
+    if venue.fake is not None:  # the venue leaves it pending (a market not trading)
+        venue.fake.arm("orders", "rest")
+    order = wire.Order("b", "EUR_USD", 1000, "b-rest", venue.clock + 10 * S)  # paper: quote to come
+    venue.broker.submit(order)
+    if venue.fake is not None:
+        wait_for(lambda: venue.fake.find_order("@b-rest"), "the order resting at the venue")
+    assert venue.broker.cancel("b-rest")
+    assert not venue.broker.cancel("b-none")  # no such order
+    [ended] = wait_for(venue.broker.take_expired, "the cancel confirmed")
+    assert (ended.order.client_id, ended.order.units, ended.status) == ("b-rest", 1000, "cancelled")
+    assert venue.broker.pending() == [] and venue.broker.take_expired() == []
+    for _ in range(11):  # past its after_ns: still nothing fills
+        venue.quote(1.10000, 1.10020)
+    assert venue.broker.take_fills() == [] and [p.units for p in venue.broker.positions()] in (
+        [],
+        [0],
+    )
+
+
+def test_a_stop_loss_closes_the_brains_trade_and_the_fill_is_the_brains(venue):
+    venue.quote(1.10000, 1.10020)
+    order = wire.Order("b", "EUR_USD", 1000, "b-sl", venue.clock, stop_loss=5e-4, take_profit=1e-3)
+    venue.broker.submit(order)
+    [opened] = venue.fills(1)
+    assert (opened.client_id, opened.price) == ("b-sl", pytest.approx(1.10020))
+    if venue.fake is not None:  # the venue holds the exits at the fill price's distances
+        [trade] = venue.fake.trades
+        exits = trade["stopLossOrder"]["price"], trade["takeProfitOrder"]["price"]
+        assert exits == ("1.09970", "1.10120")
+        venue.fake.trigger_stop_loss(trade["id"])
+    venue.quote(1.09990, 1.10010)  # above the stop: nothing on paper
+    venue.quote(1.09960, 1.09980)  # the bid through the stop: a long exits at the bid
+    [closed] = venue.fills(1)
+    assert (closed.client_id, closed.brain, closed.units) == ("b-sl/stop_loss", "b", -1000)
+    assert closed.price <= 1.09970 and closed.booked < 0
+    assert [p.units for p in venue.broker.positions()] == [0] and venue.fills(1) == []
+
+
+def wait_for(predicate, what: str, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")

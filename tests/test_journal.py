@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import msgspec
 import pytest
 
 from osm.core import wire
@@ -98,3 +99,63 @@ def test_meta_round_trips_and_deletes(journal):
     assert journal.get_meta("halted") == "drawdown"
     journal.set_meta("halted", None)
     assert journal.get_meta("halted") is None
+
+
+def test_an_order_filled_in_parts_keeps_every_part_and_stays_open_until_complete(journal):
+    journal.record(order("a", 1000), "order", "new", 1)
+    book = Book()
+    first = msgspec.structs.replace(fill("a", 400, 1.1), fill_id="7001")
+    book.apply(400, 1.1)
+    assert journal.record_fill(first, book, 2)
+    assert journal.lookup("a")["status"] == "new"  # 600 units still to fill
+    assert [(o.client_id, o.units) for o in journal.open_orders()] == [("a", 600)]
+    assert not journal.record_fill(first, book, 3)  # the same part reported again
+    second = msgspec.structs.replace(fill("a", 600, 1.2), fill_id="7002")
+    book.apply(600, 1.2)
+    assert journal.record_fill(second, book, 4)
+    assert journal.lookup("a")["status"] == "filled" and journal.open_orders() == []
+    assert [(f["fill_id"], f["units"]) for f in journal.fills()] == [("7002", 600), ("7001", 400)]
+    assert not journal.record_fill(second, book, 5)
+
+
+OLD_SCHEMA = """
+CREATE TABLE orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL UNIQUE, brain TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('order', 'target', 'flatten')), target INTEGER,
+    units INTEGER NOT NULL, after_ns INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('new', 'sent', 'filled', 'refused', 'noop', 'lost')),
+    reason TEXT NOT NULL DEFAULT '', created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL);
+CREATE TABLE fills (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id TEXT NOT NULL UNIQUE REFERENCES orders (client_id), brain TEXT NOT NULL,
+    instrument TEXT NOT NULL, units INTEGER NOT NULL, price REAL NOT NULL,
+    commission REAL NOT NULL, time_ns INTEGER NOT NULL);
+INSERT INTO orders VALUES (1, 'a', 'b', 'EUR_USD', 'order', NULL, 1000, 5, 'filled', '', 1, 2);
+INSERT INTO orders VALUES (2, 'o', 'b', 'EUR_USD', 'order', NULL, 500, 5, 'sent', '', 1, 1);
+INSERT INTO fills VALUES (1, 'a', 'b', 'EUR_USD', 1000, 1.1, 0.0, 7);
+"""
+
+
+def test_a_journal_keyed_by_client_id_is_migrated_and_still_refuses_a_repeat(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # as the trader wrote it before fills had ids
+        db.executescript(OLD_SCHEMA)
+    journal = Journal(path, 10_000.0)
+    try:
+        [old] = journal.fills()
+        assert (old["fill_id"], old["client_id"], old["units"], old["booked"]) == (
+            "a", "a", 1000, None,
+        )  # fmt: skip
+        book = journal.rebuild(9).books["EUR_USD"]
+        assert (book.units, book.average_price) == (1000, pytest.approx(1.1))
+        assert not journal.record_fill(fill("a", 1000, 1.1), book, 10)  # journaled already
+        journal.mark("o", "cancelled", 11, "cancelled on request")  # a status it lacked
+        assert [o.client_id for o in journal.open_orders()] == []
+        again = msgspec.structs.replace(fill("a", 1000, 1.1), fill_id="tx-2")
+        assert journal.record_fill(again, book, 12)  # a second part of one order is kept
+        with pytest.raises(sqlite3.IntegrityError):  # the foreign key survives the rebuild
+            journal.record_fill(fill("ghost", 1, 1.0), book, 13)
+        assert journal._db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        journal.close()

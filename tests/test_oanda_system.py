@@ -121,6 +121,31 @@ def test_a_brain_trades_on_oanda_adopts_a_manual_trade_halts_and_flattens(home, 
     assert TOKEN not in logs + osm(home, "status").stdout
 
 
+def test_an_order_filled_in_two_parts_is_journaled_part_by_part(home, fake, system):
+    fake.arm("orders", "partials", 300)  # the first order: 300 units, then the rest
+    system("--config", str(config(home, fake)))
+    wait_for(lambda: trader(home).get("fills", 0) >= 3, 120, "the two parts and one more fill")
+    wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
+    [first] = [o for o in fake.orders.values() if o.get("clientExtensions")][:1]
+    client_id, units = first["clientExtensions"]["id"], int(first["units"])
+    with sqlite3.connect(f"file:{home / 'db' / 'trader.sqlite'}?mode=ro", uri=True) as db:
+        parts = db.execute(
+            "SELECT fill_id, units FROM fills WHERE client_id = ? ORDER BY seq", (client_id,)
+        ).fetchall()
+        [status] = db.execute("SELECT status FROM orders WHERE client_id = ?", (client_id,))
+    venue = [
+        (t["id"], int(t["units"]))
+        for t in fake.transactions
+        if t["type"] == "ORDER_FILL" and t.get("clientOrderID") == client_id
+    ]
+    assert parts == venue and [u for _, u in parts] == [
+        300 * np.sign(units),
+        units - 300 * np.sign(units),
+    ]
+    assert status == ("filled",)
+    assert trader(home).get("rejected.duplicate_fill", 0) == 0
+
+
 def test_a_restart_adopts_what_happened_on_the_venue_meanwhile_and_halts_on_what_it_cannot(
     home, fake, system
 ):
@@ -145,9 +170,65 @@ def test_a_restart_adopts_what_happened_on_the_venue_meanwhile_and_halts_on_what
     assert status(home)["processes"]
 
 
+def test_after_an_outage_the_trader_reconciles_adopting_what_happened_and_halting_on_the_rest(
+    home, fake, system
+):
+    system("--config", str(config(home, fake)))
+    wait_for(lambda: trader(home).get("fills", 0) >= 1, 120, "a fill from the venue")
+
+    fake.down = ("drop",)  # every REST call: the connection closes unanswered
+    wait_for(lambda: account(home)["venue_down"], 60, "the trader sees OANDA down")
+    reconciled = account(home)["reconciliations"]
+    fake.open_manual_trade("EUR_USD", 321)  # meanwhile, by hand
+    fake.down = None
+    wait_for(lambda: account(home)["reconciliations"] > reconciled, 60, "a reconciliation")
+    wait_for(lambda: trader(home).get("fills_adopted", 0) == 1, 30, "the manual trade adopted")
+    wait_for(lambda: journal_units(home) == fake.net_units("EUR_USD"), 30, "journal = venue")
+    assert not trader_status(home)["halted"]
+
+    fake.down = ("status", 503)
+    wait_for(lambda: account(home)["venue_down"], 60, "the trader sees OANDA down again")
+    with fake.lock:  # a position no transaction explains
+        fake.trades.append({"id": "9999", "instrument": "EUR_USD", "units": -4321,
+                            "price": 1.1, "openTime": "2024-01-08T00:00:00.000000000Z"})  # fmt: skip
+    fake.down = None
+    state = wait_for(lambda: (s := trader_status(home))["halted"] and s, 60, "a halt")
+    found = re.search(r"EUR_USD \(journal ([-+]\d+) units, OANDA ([-+]\d+)\)", state["halt_reason"])
+    assert found and int(found[2]) - int(found[1]) == -4321, state["halt_reason"]
+    assert trader(home).get("fills_adopted", 0) == 1
+
+
+def test_a_stop_loss_on_a_brains_order_fires_and_the_closing_fill_is_that_brains(
+    home, fake, system
+):
+    path = config(home, fake)
+    settings = json.loads(path.read_text())
+    settings["brains"] = []  # only this order: no brain's trades to net it against
+    path.write_text(json.dumps(settings))
+    system("--config", str(path))
+    wait_for(lambda: trader_status(home)["market_time_ns"], 60, "quotes")
+    with Client(home, timeout_s=10) as client:
+        reply = client.order("EUR_USD", 1500, brain="b7", client_id="b7-1", stop_loss=0.002)
+        assert reply.accepted, reply
+        wait_for(lambda: journal_units(home) == 1500, 30, "the order filled")
+        [trade] = fake.trades
+        assert trade["clientExtensions"]["id"] == "b7-1" and "stopLossOrder" in trade
+        fake.trigger_stop_loss(trade["id"])
+        wait_for(lambda: journal_units(home) == 0 == fake.net_units("EUR_USD"), 30, "stopped out")
+        [position] = client.positions()
+        fills = {f["client_id"]: (f["brain"], f["units"]) for f in client.fills()}
+    assert position["brains"] == {}  # b7 holds nothing, as the venue says
+    assert fills == {"b7-1": ("b7", 1500), "b7-1/stop_loss": ("b7", -1500)}
+    wait_for(lambda: trader(home).get("fills_adopted", 0) == 1, 30, "the exit adopted, once")
+
+
 def trader_status(home: Path) -> dict:
     with Client(home, timeout_s=10) as client:
         return client.trader("status")
+
+
+def account(home: Path) -> dict:
+    return trader_status(home)["account"]
 
 
 @pytest.mark.parametrize("broker", ["paper", "oanda"])

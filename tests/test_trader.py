@@ -177,6 +177,27 @@ def test_orders_and_targets_fill_at_the_next_quote_and_are_published(trader):
     assert [f["client_id"] for f in trader.command("fills")] == ["t1", "o1"]
 
 
+def test_cancel_ends_an_open_order_once_journaled_and_told_to_its_brain(trader):
+    assert trader.order(1_000, "wait", after_ns=T0 + 5 * S).accepted  # its quote is yet to come
+    trader.event("order.b1")
+    done = trader.command("cancel", client_id="wait")
+    assert (done["cancelled"], done["status"]) == (True, "cancelled")
+    told = trader.event("order.b1")
+    assert (told.client_id, told.accepted, told.reason) == ("wait", False, "cancelled on request")
+    trader.tick(T0 + 5 * S, 1.1, 1.1002)  # its quote: nothing fills
+    assert trader.order(1, "after", after_ns=T0 + 5 * S).accepted
+    assert trader.event("fill.b1").client_id == "after"
+    again = trader.command("cancel", client_id="wait")
+    assert not again["cancelled"] and "is cancelled, not open" in again["reason"]
+    filled = trader.command("cancel", client_id="after")
+    assert not filled["cancelled"] and "is filled" in filled["reason"]
+    assert "no order 'ghost'" in trader.command("cancel", client_id="ghost")["reason"]
+    orders = {o["client_id"]: (o["status"], o["reason"]) for o in trader.command("orders")}
+    assert orders["wait"] == ("cancelled", "cancelled on request")
+    assert trader.counters()["rejected.cancelled"] == 1
+    assert trader.command("positions")[0]["units"] == 1
+
+
 def test_refusals_say_why_are_counted_and_the_trader_carries_on(trader):
     big = trader.order(50_001, "big")
     assert not big.accepted and "max_order 50000" in big.reason

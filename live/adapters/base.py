@@ -4,17 +4,26 @@ Orders and fills cross this boundary as :class:`osm.core.wire.Order` and :class:
 so the trader journals and publishes exactly what the broker reports. An adapter may fill an order
 at once, later (on a quote, on a transaction stream), or report it unknown after a restart; the
 trader only ever learns of fills by draining :meth:`Broker.take_fills`.
+
+An adapter subclasses :class:`Broker` (a Protocol, so a structural match type-checks too), which
+gives the optional abilities their defaults: no transaction cursor, nothing to halt on, no
+expiries, nothing to cancel.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from osm.core import wire
+from osm.core.instruments import conversion
+from osm.core.instruments import instrument as instrument_spec
+
+Quote = tuple[int, float, float]  # time ns, bid, ask
 
 
 @dataclass
@@ -66,8 +75,56 @@ class Book:
         )  # fmt: skip
 
 
+def rate(instrument: str, price: float, quotes: Mapping[str, Quote], currency: str) -> float:
+    """The rate turning `instrument`'s quote currency into `currency`, as OANDA books PnL: the
+    instrument's own pair at `price` (a fill's price), any other pair at the mid of its last
+    quote in `quotes`; NaN when no quoted pair converts."""
+    mids = {name: (bid + ask) / 2 for name, (_, bid, ask) in quotes.items()}
+    mids[instrument] = price
+    return conversion(instrument_spec(instrument).quote, currency, mids)
+
+
+def mark_to_market(
+    books: Mapping[str, Book], quotes: Mapping[str, Quote], currency: str, margin_rate: float = 0.0
+) -> tuple[float, float]:
+    """Unrealised PnL and margin (`margin_rate` of the notional) of the open `books` at their
+    last quotes, in `currency`, each converted at its own mid; a book never quoted counts 0."""
+    unrealized = margin = 0.0
+    for instrument, book in books.items():
+        _, bid, ask = quotes.get(instrument, (0, math.nan, math.nan))
+        if not (book.units and math.isfinite(bid)):
+            continue
+        mid = (bid + ask) * 0.5
+        converted = rate(instrument, mid, quotes, currency)
+        unrealized += book.unrealized(bid, ask) * converted
+        margin += abs(book.units) * mid * margin_rate * converted
+    return unrealized, margin
+
+
+class Ended(NamedTuple):
+    """An order that ended without filling in full: the journal marks it `status` ("refused":
+    expired or refused by the venue; "cancelled") and counts it as `code`."""
+
+    order: wire.Order
+    reason: str
+    status: str = "refused"
+    code: str = "stale_decision"
+
+
 class Broker(Protocol):
-    """A broker adapter as the trader drives it (one thread: the trader's loop)."""
+    """A broker adapter as the trader drives it (one thread: the trader's loop).
+
+    The attributes are optional abilities, with the defaults of a broker that has none:
+    `cursor` is a venue's last transaction seen ('': none), which the trader persists once the
+    fills up to it are journaled and hands back before :meth:`restore`; `halt_reason` is set by
+    a broker that found a difference it cannot explain (the trader halts and clears it);
+    `expiry`, set by the trader, gives each order the last market instant it may fill at (None:
+    whenever), for a broker that lets decisions expire.
+    """
+
+    cursor: str = ""
+    halt_reason: str | None = None
+    expiry: Callable[[wire.Order], int | None]  # set by the trader before restore
 
     def submit(self, order: wire.Order) -> None:
         """Send a market order; its fill comes back through :meth:`take_fills`."""
@@ -91,7 +148,18 @@ class Broker(Protocol):
         """Balance, unrealised PnL, equity, margin: JSON-able numbers."""
 
     def pending(self) -> list[wire.Order]:
-        """Orders sent and not yet filled."""
+        """Orders sent and not yet filled, each with the units still to fill."""
+
+    def cancel(self, client_id: str) -> bool:
+        """Cancel the pending order `client_id`; False if the broker holds no such order (or
+        cannot cancel). The outcome comes back through :meth:`take_expired` (cancelled) or, if
+        the venue filled it first, :meth:`take_fills`."""
+        return False
+
+    def take_expired(self) -> list[Ended]:
+        """Orders that ended without filling in full since the last call (expired, refused or
+        cancelled), in the order they ended."""
+        return []
 
     def close(self) -> None:
         """Release connections; the broker is not used again."""

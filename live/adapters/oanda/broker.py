@@ -9,16 +9,18 @@ heartbeats. Outcomes become what the trader journals:
   price. A fill with no client id of ours (a stop-loss, a take-profit, a trade placed by hand) is
   reported under the client id ``venue-<transaction id>`` and the brain ``venue``; the trader
   adopts it into the journal.
-- ``rejected`` / ``cancelled`` (nothing filled): the order expires with the venue's reason, so the
-  trader journals it refused and tells its brain.
+- ``rejected``: the order ends with the venue's reason; the trader journals it refused and tells
+  its brain. ``cancelled`` (on request, by the venue, or the rest of a part-filled order): the
+  same, journaled cancelled. An order filled in parts stays pending until they add up.
 - ``unknown`` (no answer, and the venue could not be asked yet): the order stays pending; the
   execution thread looks it up by client id and reports what happened, never sending it twice.
 
-Reconciliation at start (:meth:`OandaBroker.restore`): the venue is the truth. Orders the journal
-holds open are looked up by client id (404: the venue never got them, so they are lost); the
-transactions since the cursor the trader persisted are read, so fills that happened while the
-trader was down (ours, or a stop-loss, or a manual trade) come back as fills; the venue's net
-positions are then compared with the journal's books plus those fills, and any difference the
+Reconciliation at start (:meth:`OandaBroker.restore`) and whenever the venue answers again after
+an outage: the venue is the truth. Orders the journal holds open are looked up by client id (at
+start, 404: the venue never got them, so they are lost; later, an order whose outcome is unknown
+is sent again); the transactions since the cursor the trader persisted are read, so fills that
+happened meanwhile (ours, or a stop-loss, or a manual trade) come back as fills; the venue's net
+positions are then compared with the books once those fills are applied, and any difference the
 transactions do not explain halts trading with the difference in the reason.
 
 Money: a fill's ``booked`` is OANDA's own figure in the account currency (its ``pl`` plus
@@ -44,9 +46,7 @@ from osm.core import wire
 from osm.core.config import TraderConfig
 from osm.core.dtypes import valid_quotes
 from osm.core.errors import ConfigError
-from osm.core.instruments import conversion
-from osm.core.instruments import instrument as instrument_spec
-from osm.live.adapters.base import Book
+from osm.live.adapters.base import Book, Broker, Ended, mark_to_market, rate
 from osm.live.adapters.oanda import parsing as P
 from osm.live.adapters.oanda.config import OandaConfig, load_token
 from osm.live.adapters.oanda.execution import OandaExecution
@@ -54,6 +54,12 @@ from osm.live.adapters.oanda.execution import OandaExecution
 log = logging.getLogger("osm.oanda")
 
 VENUE = "venue"  # the brain of fills that are no order of ours
+# Fills that close one trade by its own exit order, named as the paper broker names them.
+_EXITS = {
+    "STOP_LOSS_ORDER": "stop_loss",
+    "TAKE_PROFIT_ORDER": "take_profit",
+    "TRAILING_STOP_LOSS_ORDER": "trailing_stop_loss",
+}
 
 
 def oanda_config(config: TraderConfig) -> OandaConfig:
@@ -70,7 +76,7 @@ def oanda_config(config: TraderConfig) -> OandaConfig:
         ) from None
 
 
-class OandaBroker:
+class OandaBroker(Broker):
     """Market orders on one OANDA account, reported back as fills and expiries."""
 
     def __init__(self, config: TraderConfig) -> None:
@@ -80,19 +86,35 @@ class OandaBroker:
         self._events: queue.Queue[P.OrderEvent] = queue.Queue()
         self._pending: dict[str, wire.Order] = {}
         self._filled: dict[str, int] = {}  # client id -> units filled so far (partials)
+        self._owners: dict[str, tuple[str, str]] = {}  # trade id -> (client id, brain) of ours
         self._fills: list[wire.Fill] = []
-        self._expired: list[tuple[wire.Order, str]] = []
+        self._expired: list[Ended] = []
         self._books: dict[str, Book] = {}
         self._quotes: dict[str, tuple[int, float, float]] = {}
         self.currency = "USD"  # the account's, from the venue at restore
         self._balance = math.nan
+        self.reconciliations = 0  # with the venue: at start, and after every outage
         self._execution = OandaExecution(self.oanda, load_token(), self._events.put)
 
     # -- the Broker contract ----------------------------------------------------------------------
 
     def submit(self, order: wire.Order) -> None:
         self._pending[order.client_id] = order
-        self._execution.submit(order)
+        exits: dict[str, float | None] = {"stop_loss": None, "take_profit": None}
+        if order.stop_loss is not None or order.take_profit is not None:
+            quote = self._quotes.get(order.instrument)
+            if quote is None:
+                why = "no quote yet to place its stop-loss / take-profit from"
+                self._pending.pop(order.client_id)
+                self._expired.append(Ended(order, why, code="no_quote"))
+                return
+            side = 1 if order.units > 0 else -1
+            price = quote[2] if side > 0 else quote[1]  # where it fills, as near as known
+            for name, sign in (("stop_loss", -1), ("take_profit", 1)):
+                distance = getattr(order, name)
+                if distance is not None:
+                    exits[name] = price + sign * side * distance
+        self._execution.submit(order, **exits)
 
     def on_quotes(self, instrument: str, ticks: np.ndarray) -> int:
         valid = valid_quotes(ticks["bid"], ticks["ask"])
@@ -106,7 +128,13 @@ class OandaBroker:
         fills, self._fills = self._fills, []
         return fills
 
-    def take_expired(self) -> list[tuple[wire.Order, str]]:
+    def cancel(self, client_id: str) -> bool:
+        if client_id not in self._pending:
+            return False
+        self._execution.cancel(client_id)
+        return True
+
+    def take_expired(self) -> list[Ended]:
         self._take_events()
         expired, self._expired = self._expired, []
         return expired
@@ -124,34 +152,18 @@ class OandaBroker:
                 lost.append(order.client_id)
             else:
                 self._pending[order.client_id] = order
-        expected = {name: book.units for name, book in self._books.items()}
-        if ex.cursor:  # what happened while the trader was away, before the thread polls on
-            events, last = ex.transactions_since(ex.cursor)
-            for event in events:
-                ex.report(event)
-                if event.kind in (P.FILLED, P.PARTIALLY_FILLED):
-                    expected[event.instrument] = expected.get(event.instrument, 0) + event.units
-            ex.advance(last)
-        ex.start()  # with no cursor persisted (a first start) it begins at the venue's last
-        venue = {name: units for name, (units, _) in ex.open_positions().items()}
-        differ = {
-            name: (expected.get(name, 0), venue.get(name, 0))
-            for name in sorted(set(expected) | set(venue))
-            if expected.get(name, 0) != venue.get(name, 0)
-        }
-        if differ:
-            self.halt_reason = "reconciliation: journal and OANDA disagree on " + ", ".join(
-                f"{name} (journal {ours:+d} units, OANDA {theirs:+d})"
-                for name, (ours, theirs) in differ.items()
-            )
-            log.error("%s; trading halted until the difference is understood", self.halt_reason)
+        ex.reconcile()  # what happened while the trader was away, then the venue's positions
+        ex.start()
         summary = ex.summary().get("account", {})
         self.currency = str(summary.get("currency", self.currency))
         self._balance = float(summary.get("balance", math.nan))
         return lost
 
     def pending(self) -> list[wire.Order]:
-        return list(self._pending.values())
+        return [
+            msgspec.structs.replace(order, units=order.units - self._filled.get(client_id, 0))
+            for client_id, order in self._pending.items()
+        ]
 
     def positions(self) -> list[wire.Position]:
         out = []
@@ -163,11 +175,7 @@ class OandaBroker:
     def account(self) -> dict[str, Any]:
         """The venue's balance at start plus what every fill since booked, and the open
         positions' PnL at the last quotes, all in the account currency."""
-        unrealized = 0.0
-        for name, book in self._books.items():
-            _, bid, ask = self._quotes.get(name, (0, math.nan, math.nan))
-            if book.units and math.isfinite(bid):
-                unrealized += book.unrealized(bid, ask) * self._rate(name, (bid + ask) / 2)
+        unrealized, _ = mark_to_market(self._books, self._quotes, self.currency)
         return {
             "broker": "oanda",
             "account": self._execution.account,
@@ -177,12 +185,9 @@ class OandaBroker:
             "equity": self._balance + unrealized,
             "cursor": self.cursor,
             "orders_unresolved": len(self._execution.unresolved),
+            "venue_down": self._execution.down,
+            "reconciliations": self.reconciliations,
         }
-
-    def _rate(self, instrument: str, price: float) -> float:
-        mids = {name: (q[1] + q[2]) / 2 for name, q in self._quotes.items()}
-        mids[instrument] = price
-        return conversion(instrument_spec(instrument).quote, self.currency, mids)
 
     def close(self) -> None:
         self._execution.stop()
@@ -205,27 +210,70 @@ class OandaBroker:
         order = self._pending.get(event.client_id)
         if event.kind in (P.FILLED, P.PARTIALLY_FILLED):
             self._fill(event, order)
-            if event.kind == P.FILLED and order is not None:
-                self._pending.pop(event.client_id, None)
-        elif event.kind in (P.REJECTED, P.CANCELLED) and order is not None:
-            self._pending.pop(event.client_id, None)
-            if not self._filled.get(event.client_id):
-                self._expired.append((order, f"OANDA {event.kind} it: {event.reason}"))
+            if order is not None and self._filled[event.client_id] == order.units:
+                self._done(event.client_id)
+        elif event.kind == P.REJECTED and order is not None:
+            self._done(event.client_id)
+            self._expired.append(
+                Ended(order, f"OANDA rejected it: {event.reason}", code="venue_rejected")
+            )
+        elif event.kind == P.CANCELLED and order is not None:
+            filled = self._done(event.client_id)
+            rest = msgspec.structs.replace(order, units=order.units - filled)
+            why = f"OANDA cancelled {'the rest' if filled else 'it'}: {event.reason}"
+            self._expired.append(Ended(rest, why, "cancelled", "cancelled"))
+        elif event.kind == P.RECONCILED:
+            self._owners.update(event.owners)
+            self._compare(event.positions)
         elif event.kind == P.UNKNOWN:
             log.warning("order %s: outcome unknown (%s); OANDA is asked again", event.client_id,
                         event.reason)  # fmt: skip
 
+    def _compare(self, venue: dict[str, int]) -> None:
+        """Halt on a difference between the books (every event up to the venue's read applied)
+        and the venue's net positions: no transaction explains it."""
+        self.reconciliations += 1
+        ours = {name: book.units for name, book in self._books.items()}
+        differ = {
+            name: (ours.get(name, 0), venue.get(name, 0))
+            for name in sorted(set(ours) | set(venue))
+            if ours.get(name, 0) != venue.get(name, 0)
+        }
+        if differ and self.halt_reason is None:
+            self.halt_reason = "reconciliation: journal and OANDA disagree on " + ", ".join(
+                f"{name} (journal {mine:+d} units, OANDA {theirs:+d})"
+                for name, (mine, theirs) in differ.items()
+            )
+            log.error("%s; trading halted until the difference is understood", self.halt_reason)
+
+    def _done(self, client_id: str) -> int:
+        """Forget a pending order that will fill no more; return the units it filled."""
+        self._pending.pop(client_id, None)
+        return self._filled.pop(client_id, 0)
+
     def _fill(self, event: P.OrderEvent, order: wire.Order | None) -> None:
-        if order is None:  # a stop-loss, take-profit or manual trade: no order of ours
-            client_id, brain = f"{VENUE}-{event.transaction_id}", VENUE
-        else:
+        if order is None and event.client_id:
+            # Ours, and no longer open: read again after a restart (the cursor persisted lags
+            # the order's response by one poll), journaled already.
+            log.info("fill %s of %s is journaled already", event.transaction_id, event.client_id)
+            return
+        owner = next((self._owners[t] for t in event.trade_ids if t in self._owners), None)
+        if order is not None:
             client_id, brain = event.client_id, order.brain
             self._filled[client_id] = self._filled.get(client_id, 0) + event.units
+            if event.trade_opened:
+                self._owners[event.trade_opened] = (client_id, brain)
+        elif owner is not None and event.reason in _EXITS:  # the exit of a trade of ours
+            client_id, brain = f"{owner[0]}/{_EXITS[event.reason]}", owner[1]
+        else:  # a trade placed by hand, or what closed one: no order of ours
+            client_id, brain = f"{VENUE}-{event.transaction_id}", VENUE
         # OANDA books the fill's PnL, financing and commission in the account currency itself.
         booked = event.pl + event.financing - event.commission
         self._balance += booked
-        rate = self._rate(event.instrument, event.price)
-        commission = event.commission / rate if math.isfinite(rate) else event.commission
+        to_account = rate(event.instrument, event.price, self._quotes, self.currency)
+        commission = (
+            event.commission / to_account if math.isfinite(to_account) else event.commission
+        )
         book = self._books.setdefault(event.instrument, Book())
         book.apply(event.units, event.price, commission)
         self._fills.append(
@@ -238,6 +286,7 @@ class OandaBroker:
                 event.time_ns,
                 commission,
                 booked,
+                event.transaction_id,
             )  # fmt: skip
         )
 

@@ -14,6 +14,12 @@ the same client id. A 429 on create means not executed: back off and send again.
 the thread polls the transactions since the last seen id, which reports fills that are not ours
 (stop-loss, take-profit, trades placed by hand) with an empty `client_id`; :attr:`cursor` is that
 id, to be persisted by the caller. A 401/403 stops the thread with one clear line.
+
+Reconciliation (:meth:`OandaExecution.reconcile`) reads the venue's net positions, reports the
+transactions since the cursor up to the positions' own last transaction, then a ``reconciled``
+event with those positions, so whoever applied the events before it can compare. The broker runs
+it at start; the thread runs it again whenever the venue answers after a call that failed for
+good (connection errors, 5xx, timeouts through every retry), after looking up its unknown orders.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ class OandaExecution:
         self.unresolved: dict[str, dict[str, Any]] = {}  # client id -> order body, outcome unknown
         self.sent: dict[str, int] = {}  # client id -> creates sent (never above 1 without a 404)
         self.error: BaseException | None = None
+        self.down = False  # a call failed through every retry and none has succeeded since
+        self._recovered = False
         self._thread = threading.Thread(target=self._run, name="oanda-orders", daemon=True)
 
     def __repr__(self) -> str:
@@ -114,6 +122,10 @@ class OandaExecution:
                 body[key] = {"timeInForce": "GTC", "price": f"{price:.{digits}f}"}
         self._commands.put(("order", body))
 
+    def cancel(self, client_id: str) -> None:
+        """Queue a cancel of the order `client_id` (``orders/@<clientID>/cancel``)."""
+        self._commands.put(("cancel", client_id))
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -131,18 +143,32 @@ class OandaExecution:
                     return
                 if kind == "order":
                     self._send(payload)
+                elif kind == "cancel":
+                    self._cancel(payload)
                 else:
                     self._resolve_unknown()
                     self._poll()
+                if self._recovered:  # the venue answers again: what happened meanwhile?
+                    self._recovered = False
+                    log.warning("OANDA answers again; reconciling")
+                    self._resolve_unknown()
+                    try:
+                        self.reconcile()
+                    except _Transient as exc:
+                        log.info(
+                            "reconciliation failed (%s); retried once OANDA answers", exc.reason
+                        )
         except BaseException as exc:  # noqa: BLE001 - logged and kept, never silent
             self.error = exc
             log.error("oanda orders stopped: %s", redact(str(exc), self._token))
 
     def report(self, event: P.OrderEvent) -> None:
-        """Hand `event` to `on_event` once (by transaction id), then move the cursor past it.
+        """Hand `event` to `on_event` once (by transaction id).
 
-        The cursor moves after the hand-over, so a caller that reads :attr:`cursor` and then
-        drains what `on_event` queued has every event up to that cursor.
+        The cursor is not moved here: an order's response skips the transactions before its own
+        (a stop-loss, a trade placed by hand), so only a read of every transaction since the
+        cursor moves it (:meth:`advance`), after handing them over; a caller that reads
+        :attr:`cursor` and then drains what `on_event` queued has every event up to it.
         """
         if event.transaction_id:
             if event.transaction_id in self._seen:
@@ -151,7 +177,6 @@ class OandaExecution:
         if event.kind == P.ACCEPTED:
             self._ordered[event.order_id] = event.units
         self.on_event(event)
-        self.advance(event.transaction_id)
 
     def advance(self, transaction_id: str) -> None:
         """Move the cursor to `transaction_id` if it is later: everything up to it was read."""
@@ -188,6 +213,7 @@ class OandaExecution:
             else:
                 for event in P.parse_order_response(reply, client_id):
                     self.report(event)
+                self._poll()  # what happened before it, and moves the cursor past it
                 return
             log.warning("order %s: no answer (%s); looking it up", client_id, reason)
             if not self._lookup(client_id, body):
@@ -208,6 +234,27 @@ class OandaExecution:
         self.unresolved.pop(client_id, None)
         self._poll()  # the venue has it: its transactions say what happened
         return False
+
+    def _cancel(self, client_id: str) -> None:
+        """Cancel at the venue; an order whose outcome is unknown and that the venue never got
+        is dropped instead of resent. Repeating a cancel is harmless (the second gets a 404),
+        so it retries like a read."""
+        if client_id in self.unresolved and self.never_received(client_id):
+            self.unresolved.pop(client_id, None)
+            reason = "cancelled on request before OANDA got it"
+            self.report(P.OrderEvent(kind=P.CANCELLED, client_id=client_id, reason=reason))
+            return
+        try:
+            body = self._call(v20orders.OrderCancel(self.account, f"@{client_id}"), missing_ok=True)
+        except _Missing:  # filled (or cancelled) already: its transaction says so
+            log.warning("order %s: nothing to cancel at OANDA (filled or cancelled)", client_id)
+            self._poll()
+            return
+        except _Transient as exc:
+            log.warning("order %s: cancel not answered (%s); send it again", client_id, exc.reason)
+            return
+        for event in P.parse_order_response(body, client_id):
+            self.report(event)
 
     def _resolve_unknown(self) -> None:
         for client_id, body in list(self.unresolved.items()):
@@ -244,7 +291,7 @@ class OandaExecution:
         for attempt in range(_RETRIES):
             self._limiter.acquire()
             try:
-                return self._api.request(endpoint)
+                body = self._api.request(endpoint)
             except V20Error as exc:
                 if exc.code in (401, 403):
                     raise AuthError(f"OANDA refused the token ({exc.code})") from None
@@ -255,7 +302,14 @@ class OandaExecution:
                 last = f"HTTP {exc.code}"
             except requests.RequestException as exc:
                 last = type(exc).__name__
+            else:
+                if self.down:
+                    self.down, self._recovered = False, True
+                return body
             self._sleep(min(self.config.backoff_cap_s, self.config.backoff_s * 2**attempt))
+        if not self.down:
+            log.warning("OANDA does not answer (%s)", last)
+        self.down = True
         raise _Transient(last)
 
     def summary(self) -> dict[str, Any]:
@@ -266,6 +320,24 @@ class OandaExecution:
 
     def open_positions(self) -> dict[str, tuple[int, float]]:
         return P.parse_positions(self._call(v20positions.OpenPositions(self.account)))
+
+    def reconcile(self) -> None:
+        """Report the transactions since the cursor (from the venue's last if there is none)
+        up to a read of the net positions, then those positions and the owners of the open
+        trades as a ``reconciled`` event."""
+        body = self._call(v20positions.OpenPositions(self.account))
+        last = P.last_transaction_id(body)
+        if self.cursor:
+            events, _ = self.transactions_since(self.cursor)
+            for event in events:  # later ones are the next poll's: the positions predate them
+                if int(event.transaction_id or 0) <= int(last):
+                    self.report(event)
+        self.advance(last)
+        positions = {name: units for name, (units, _) in P.parse_positions(body).items()}
+        owners = {t.id: (t.client_id, t.tag) for t in self.open_trades() if t.client_id}
+        self.on_event(
+            P.OrderEvent(kind=P.RECONCILED, transaction_id=last, positions=positions, owners=owners)
+        )
 
     def transactions_since(self, since_id: str) -> tuple[list[P.OrderEvent], str]:
         """Order events in the transactions after `since_id`, and the venue's last id."""

@@ -12,13 +12,19 @@ Faults are armed per route with :meth:`FakeV20.arm` and consumed one per request
 ``("drop",)``               do the work, then close the socket without a reply
 ``("reject", reason)``      order create: 400 with an ``orderRejectTransaction``
 ``("cancel", reason)``      order create: 201 with an ``orderCancelTransaction``
+``("rest",)``               order create: 201, the order left pending (a market not trading)
 ``("partial", units)``      order create: fill only `units` of it, cancel the rest
+``("partials", units)``     order create: fill `units` of it (the order's side, in the reply), then the rest in a
+                            second ``ORDER_FILL`` (in the transactions only)
 ``("stall",)``              stream: send the snapshot, then nothing (socket left open)
 ``("cut",)``                stream: after the snapshot and queued prices, half a line, then a reset
 ``("end",)``                stream: after the snapshot and queued prices, a clean end
 
-Routes are the keys ``candles``, ``stream``, ``orders``, ``order``, ``trades``, ``positions``,
-``transactions``, ``summary``. Every price line the stream wrote whole is kept per connection in
+An outage covers every REST route until it is lifted: set :attr:`FakeV20.down` to ``("drop",)``
+(the socket closes before any work is done) or ``("status", code)``; ``None`` lifts it.
+
+Routes are the keys ``candles``, ``stream``, ``orders``, ``order``, ``cancel``, ``trades``,
+``positions``, ``transactions``, ``summary``. Every price line the stream wrote whole is kept per connection in
 :attr:`FakeV20.sent`, so a test can compare what the client received with what was sent.
 """
 
@@ -51,6 +57,7 @@ class FakeV20:
         self.currency, self.balance = currency, balance
         self.lock = threading.RLock()
         self.faults: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.down: tuple | None = None  # an outage of every REST route (see the module's doc)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         self.transactions: list[dict[str, Any]] = []
         self.orders: dict[str, dict[str, Any]] = {}  # id -> order
@@ -159,12 +166,18 @@ class FakeV20:
         with self.lock:
             return sum(t["units"] for t in self.trades if t["instrument"] == instrument)
 
-    def _fill(self, order: dict[str, Any], units: int, reason: str, batch: str) -> dict[str, Any]:
+    def _fill(
+        self, order: dict[str, Any], units: int, reason: str, batch: str, trade_id: str = ""
+    ) -> dict[str, Any]:
+        """Fill `units` of `order`, closing open trades FIFO (or only `trade_id`'s, an exit's)."""
         instrument = order["instrument"]
         bid, ask = self.prices.get(instrument, (1.1, 1.1002))
         price = ask if units > 0 else bid
         remaining, closed, pl = units, [], 0.0
-        for trade in [t for t in self.trades if t["instrument"] == instrument]:
+        for trade in [
+            t for t in self.trades
+            if t["instrument"] == instrument and trade_id in ("", t["id"])
+        ]:  # fmt: skip
             if remaining == 0 or (trade["units"] > 0) == (remaining > 0):
                 continue
             take = min(abs(remaining), abs(trade["units"])) * (1 if remaining > 0 else -1)
@@ -228,7 +241,7 @@ class FakeV20:
             stop = float(trade["stopLossOrder"]["price"])
             self.prices[trade["instrument"]] = (stop, stop)
             order = {"id": trade["stopLossOrder"]["id"], "instrument": trade["instrument"]}
-            self._fill(order, -trade["units"], "STOP_LOSS_ORDER", order["id"])
+            self._fill(order, -trade["units"], "STOP_LOSS_ORDER", order["id"], trade["id"])
 
     # -- routes -----------------------------------------------------------------------------------
 
@@ -263,14 +276,18 @@ class FakeV20:
                                   batchID=create["id"])  # fmt: skip
                 stored.update(state="CANCELLED", cancellingTransactionID=cancel["id"])
                 reply["orderCancelTransaction"] = cancel
-            else:
+            elif not (fault and fault[0] == "rest"):  # resting: left pending, unfilled
                 filled = units
                 if fault and fault[0] == "partial":
                     filled = fault[1]
+                if fault and fault[0] == "partials":
+                    filled = abs(fault[1]) if units > 0 else -abs(fault[1])
                 reply["orderFillTransaction"] = self._fill(
                     stored, filled, "MARKET_ORDER", create["id"]
                 )
-                if filled != units:
+                if fault and fault[0] == "partials":
+                    self._fill(stored, units - filled, "MARKET_ORDER", create["id"])
+                elif filled != units:
                     cancel = self._tx(type="ORDER_CANCEL", orderID=create["id"],
                                       reason="INSUFFICIENT_LIQUIDITY", batchID=create["id"])  # fmt: skip
                     reply["orderCancelTransaction"] = cancel
@@ -279,6 +296,21 @@ class FakeV20:
             ]
             reply["lastTransactionID"] = self.last_id
             return 201, reply
+
+    def cancel_order(self, ref: str) -> tuple[int, dict[str, Any]]:
+        """Cancel a pending order (by id or ``@clientID``); 404 for one filled or unknown."""
+        with self.lock:
+            order = self.find_order(ref)
+            if order is None or order["state"] != "PENDING":
+                return 404, {"errorMessage": "The order ID specified does not exist",
+                             "errorCode": "ORDER_DOESNT_EXIST", "lastTransactionID": self.last_id}  # fmt: skip
+            cancel = self._tx(type="ORDER_CANCEL", orderID=order["id"], reason="CLIENT_REQUEST")
+            client = (order.get("clientExtensions") or {}).get("id")
+            if client:
+                cancel["clientOrderID"] = client
+            order.update(state="CANCELLED", cancellingTransactionID=cancel["id"])
+            return 200, {"orderCancelTransaction": cancel, "relatedTransactionIDs": [cancel["id"]],
+                         "lastTransactionID": self.last_id}  # fmt: skip
 
     def find_order(self, ref: str) -> dict[str, Any] | None:
         with self.lock:
@@ -439,6 +471,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, {"order": order, "lastTransactionID": fake.last_id}
 
             return self._serve("order", lookup)
+        m = re.fullmatch(r"/orders/([^/]+)/cancel", rest)
+        if m and method == "PUT":
+            return self._serve("cancel", lambda f: fake.cancel_order(m.group(1)))
         if rest == "/openTrades" and method == "GET":
             return self._serve("trades", lambda f: (200, fake.open_trades_body()))
         if rest == "/openPositions" and method == "GET":
@@ -480,11 +515,20 @@ class _Handler(BaseHTTPRequestHandler):
                           {"errorMessage": f"no route {method} {path}"})  # fmt: skip
 
     def _serve(self, route: str, work) -> None:
+        outage = self.fake.down
+        if outage is not None and outage[0] == "status":
+            return self._error(outage[1])
+        if outage is not None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         fault = self.fake._fault(route)
         if fault and fault[0] == "status":
             return self._error(fault[1])
         status, body = work(
-            fault if fault and fault[0] in ("reject", "cancel", "partial") else None
+            fault
+            if fault and fault[0] in ("reject", "cancel", "rest", "partial", "partials")
+            else None
         )
         if fault and fault[0] == "drop":
             self.close_connection = True

@@ -31,6 +31,9 @@ CANCELLED = "cancelled"
 """The venue cancelled the order; `reason` says why (``STOP_LOSS_ON_FILL_LOSS``, ...)."""
 UNKNOWN = "unknown"
 """No answer (timeout, dropped connection) and the lookup by client id did not settle it."""
+RECONCILED = "reconciled"
+"""Not an order's: the venue's net `positions` as of `transaction_id`, read at start or once the
+venue answers again after failures; every event up to that transaction was reported before."""
 
 OUTCOMES = (ACCEPTED, REJECTED, FILLED, PARTIALLY_FILLED, CANCELLED, UNKNOWN)
 
@@ -57,6 +60,9 @@ class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
     financing: float = 0.0
     commission: float = 0.0
     time_ns: int = 0
+    trade_opened: str = ""  # the id of the trade a fill opened
+    positions: dict[str, int] = {}
+    owners: dict[str, tuple[str, str]] = {}  # reconciled: open trade id -> (client id, brain)
 
 
 def parse_time(text: str) -> int:
@@ -194,6 +200,7 @@ def _fill_event(tx: dict[str, Any], client_id: str, ordered: int | None) -> Orde
         order_id=str(tx.get("orderID", "")),
         transaction_id=str(tx["id"]),
         trade_ids=tuple(trades),
+        trade_opened=str((tx.get("tradeOpened") or {}).get("tradeID", "")),
         pl=_float(tx.get("pl")),
         financing=_float(tx.get("financing")),
         commission=_float(tx.get("commission")),
@@ -317,6 +324,7 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True):
     price: float
     open_time_ns: int
     client_id: str = ""  # the trade's clientExtensions.id ('' for a manual trade)
+    tag: str = ""  # its clientExtensions.tag (our brain's name)
     stop_loss: float = math.nan
     take_profit: float = math.nan
     unrealized: float = 0.0
@@ -333,6 +341,7 @@ def parse_trades(body: dict[str, Any]) -> list[Trade]:
                 price=float(t["price"]),
                 open_time_ns=parse_time(t["openTime"]),
                 client_id=str((t.get("clientExtensions") or {}).get("id", "")),
+                tag=str((t.get("clientExtensions") or {}).get("tag", "")),
                 stop_loss=_float((t.get("stopLossOrder") or {}).get("price"), math.nan),
                 take_profit=_float((t.get("takeProfitOrder") or {}).get("price"), math.nan),
                 unrealized=_float(t.get("unrealizedPL")),

@@ -11,6 +11,11 @@ A decision is for its bar: :attr:`PaperBroker.expiry` (set by the trader from it
 gives each order the last market instant it may fill at. An order whose quote comes later (the
 trader was down while the market moved on, or the quote rolled out of the ring) does not fill: it
 expires, and :meth:`PaperBroker.take_expired` hands it back with the reason, once.
+
+Each fill that opens units opens a trade, as on OANDA; fills the other way close trades oldest
+first. An order's `stop_loss` / `take_profit` distances become its trade's exit prices; the first
+later quote that reaches one (a long's bid, a short's ask) closes the trade at that quote, as a
+fill of the order's brain named ``<client id>/stop_loss`` or ``/take_profit``.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ import copy
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from osm.core import wire
 from osm.core.config import TraderConfig
-from osm.core.instruments import conversion
+from osm.core.dtypes import valid_quotes
 from osm.core.instruments import instrument as instrument_spec
-from osm.live.adapters.base import Book
+from osm.live.adapters.base import Book, Broker, Ended, Quote, mark_to_market, rate
 from osm.live.adapters.paper.config import PaperConfig
 
 _NEVER = np.iinfo(np.int64).min
@@ -110,16 +116,17 @@ class QuoteRing:
         return self.quote(len(self) - 1) if len(self) else None
 
 
-class PaperBroker:
+class PaperBroker(Broker):
     """A simulated broker: fills per DESIGN section 3, netting positions, balance and margin."""
 
     def __init__(self, config: PaperConfig) -> None:
         self.config = config
         self._rings: dict[str, QuoteRing] = {}
         self._books: dict[str, Book] = {}
+        self._trades: dict[str, list[_Trade]] = {}  # open trades per instrument, oldest first
         self._pending: list[wire.Order] = []  # in submission order, which is fill order
         self._fills: list[wire.Fill] = []
-        self._expired: list[tuple[wire.Order, str]] = []
+        self._expired: list[Ended] = []
         # The last market instant an order may fill at (None: any time), set by the trader.
         self.expiry: Callable[[wire.Order], int | None] = lambda order: None
         self._balance = config.balance
@@ -140,14 +147,22 @@ class PaperBroker:
             ring = self._rings[instrument] = QuoteRing(self.config.quotes)
         refused = ring.append(ticks)
         self._match(instrument)
+        self._exits(instrument, ticks)
         return refused
 
     def take_fills(self) -> list[wire.Fill]:
         fills, self._fills = self._fills, []
         return fills
 
-    def take_expired(self) -> list[tuple[wire.Order, str]]:
-        """Orders that expired since the last call, with why, in the order they expired."""
+    def cancel(self, client_id: str) -> bool:
+        for order in self._pending:
+            if order.client_id == client_id:
+                self._pending.remove(order)
+                self._expired.append(Ended(order, "cancelled on request", "cancelled", "cancelled"))
+                return True
+        return False
+
+    def take_expired(self) -> list[Ended]:
         expired, self._expired = self._expired, []
         return expired
 
@@ -157,6 +172,8 @@ class PaperBroker:
         # The paper broker's book lives in the trader's journal: the open orders are still its own
         # and fill at the first quote at or after their after_ns that reaches the new process.
         self._books = copy.deepcopy(books)
+        # Whose trades they were, and their exits, is not journaled: one plain trade each.
+        self._trades = {name: [_Trade("", "", b.units, 0)] for name, b in books.items() if b.units}
         self._balance = balance
         self._pending = list(open_orders)
         return []
@@ -175,14 +192,9 @@ class PaperBroker:
         """Balance, unrealised PnL, equity and margin in the account currency (an open position
         converted at the current mid); realised PnL and commission per instrument are in its
         quote currency, in :meth:`positions`."""
-        unrealized = margin = 0.0
-        for instrument, book in self._books.items():
-            _, bid, ask = self._last(instrument)
-            if not (book.units and np.isfinite(bid)):
-                continue
-            rate = self._rate(instrument, (bid + ask) * 0.5)
-            unrealized += book.unrealized(bid, ask) * rate
-            margin += abs(book.units) * (bid + ask) * 0.5 * self.config.margin_rate * rate
+        unrealized, margin = mark_to_market(
+            self._books, self._quotes(), self.config.currency, self.config.margin_rate
+        )
         equity = self._balance + unrealized
         return {
             "currency": self.config.currency,
@@ -199,7 +211,11 @@ class PaperBroker:
     def close(self) -> None:
         self._pending.clear()
 
-    def _last(self, instrument: str) -> tuple[int, float, float]:
+    def _quotes(self) -> dict[str, Quote]:
+        """The last quote of every instrument quoted."""
+        return {name: q for name, ring in self._rings.items() if (q := ring.latest()) is not None}
+
+    def _last(self, instrument: str) -> Quote:
         ring = self._rings.get(instrument)
         latest = ring.latest() if ring is not None else None
         return latest if latest is not None else (0, float("nan"), float("nan"))
@@ -223,7 +239,7 @@ class PaperBroker:
                     f"came {late_s:.0f} s of market time later, past its validity "
                     f"({(deadline - order.after_ns) / 1e9:.0f} s; trader.risk.max_decision_age_s)"
                 )
-                self._expired.append((order, why))
+                self._expired.append(Ended(order, why))
                 continue
             if 0 < order.after_ns <= ring.dropped_until:
                 self.late_fills += 1
@@ -232,34 +248,93 @@ class PaperBroker:
 
     def _fill(self, order: wire.Order, time_ns: int, bid: float, ask: float) -> None:
         price = ask if order.units > 0 else bid
-        fee = abs(order.units) * price * self.config.commission
-        book = self._books.setdefault(order.instrument, Book())
-        pnl = book.apply(order.units, price, fee) - fee  # in the quote currency
-        booked = pnl * self._rate(order.instrument, price)
+        self._book(order.client_id, order.brain, order.instrument, order.units, price, time_ns)
+        trades = self._trades.setdefault(order.instrument, [])
+        remaining = order.units
+        for trade in trades:  # FIFO, as OANDA's netting closes trades
+            if remaining and (trade.units > 0) != (remaining > 0):
+                closed = min(abs(remaining), abs(trade.units))
+                side = 1 if trade.units > 0 else -1
+                trade.units -= side * closed
+                remaining += side * closed
+        trades[:] = [t for t in trades if t.units]
+        if remaining:
+            side = 1 if remaining > 0 else -1
+            sl, tp = order.stop_loss, order.take_profit
+            trades.append(
+                _Trade(
+                    order.client_id, order.brain, remaining, time_ns,
+                    math.nan if sl is None else price - side * sl,
+                    math.nan if tp is None else price + side * tp,
+                )
+            )  # fmt: skip
+
+    def _exits(self, instrument: str, ticks: np.ndarray) -> None:
+        """Close the trades whose stop-loss or take-profit these quotes reach, each at the first
+        such quote after it opened (a long at the bid, a short at the ask)."""
+        trades = self._trades.get(instrument, [])
+        armed = [t for t in trades if not (math.isnan(t.stop_loss) and math.isnan(t.take_profit))]
+        if not armed:
+            return
+        ok = valid_quotes(ticks["bid"], ticks["ask"])
+        times, bids, asks = ticks["time"][ok], ticks["bid"][ok], ticks["ask"][ok]
+        hits = []
+        for trade in armed:
+            side = 1 if trade.units > 0 else -1
+            close = bids if side > 0 else asks
+            with np.errstate(invalid="ignore"):  # an exit not set (NaN) is never reached
+                stop = (close - trade.stop_loss) * side <= 0
+                take = (close - trade.take_profit) * side >= 0
+            reached = np.flatnonzero((stop | take) & (times >= trade.opened_ns))
+            if len(reached):
+                i = int(reached[0])
+                hits.append(
+                    (
+                        int(times[i]),
+                        float(close[i]),
+                        "stop_loss" if stop[i] else "take_profit",
+                        trade,
+                    )
+                )
+        for time_ns, price, kind, trade in sorted(hits, key=lambda hit: hit[0]):
+            client_id = f"{trade.client_id}/{kind}"
+            self._book(client_id, trade.brain, instrument, -trade.units, price, time_ns)
+            trades.remove(trade)
+
+    def _book(
+        self, client_id: str, brain: str, instrument: str, units: int, price: float, time_ns: int
+    ) -> None:
+        """Book a fill on the account and report it (its fill id is its client id: the paper
+        broker fills an order once, and closes a trade by its stop-loss or take-profit once)."""
+        fee = abs(units) * price * self.config.commission
+        book = self._books.setdefault(instrument, Book())
+        pnl = book.apply(units, price, fee) - fee  # in the quote currency
+        booked = pnl * rate(instrument, price, self._quotes(), self.config.currency)
         # Unconvertible: booked as it is, as a journal replay books a fill without `booked`.
         self._balance += booked if math.isfinite(booked) else pnl
         if not math.isfinite(booked):
             self.unconverted += 1
             log.warning(
                 "%s: PnL of %s booked unconverted: no quote converts %s into %s; quote a pair "
-                "of the two", order.instrument, order.client_id,
-                instrument_spec(order.instrument).quote, self.config.currency,
+                "of the two", instrument, client_id, instrument_spec(instrument).quote,
+                self.config.currency,
             )  # fmt: skip
+        converted = booked if math.isfinite(booked) else None
         self._fills.append(
             wire.Fill(
-                order.client_id,
-                order.brain,
-                order.instrument,
-                order.units,
-                price,
-                time_ns,
-                fee,
-                booked if math.isfinite(booked) else None,
+                client_id, brain, instrument, units, price, time_ns, fee, converted, client_id
             )
         )
 
-    def _rate(self, instrument: str, price: float) -> float:
-        """Quote currency of `instrument` into the account currency (see PaperConfig)."""
-        mids = {name: (q[1] + q[2]) / 2 for name in self._rings if (q := self._last(name))[0]}
-        mids[instrument] = price
-        return conversion(instrument_spec(instrument).quote, self.config.currency, mids)
+
+@dataclass
+class _Trade:
+    """An open trade: the units one fill opened, less what later fills the other way closed
+    (FIFO), with the exit prices of its order's stop-loss and take-profit (NaN: none)."""
+
+    client_id: str
+    brain: str
+    units: int
+    opened_ns: int
+    stop_loss: float = math.nan
+    take_profit: float = math.nan
