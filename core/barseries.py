@@ -70,6 +70,11 @@ class BarSeries:
         self._end += n
         self._start = max(self._start, self._end - self.window)
 
+    def reset(self, bars: np.ndarray) -> None:
+        """Replace the whole window with `bars` (oldest first; only the last `window` stay)."""
+        self._start = self._end = 0
+        self.extend(bars)
+
     def upsert(self, bar: np.void) -> None:
         """Replace the last bar if it has the same open time (a forming bar), else append."""
         if self._end > self._start and self._buffer[self._end - 1]["time"] == bar["time"]:

@@ -228,7 +228,7 @@ def check_bars(bars: np.ndarray, *, repair: bool = False, source: str = "bars") 
     if bars.dtype != BAR_DTYPE:
         raise TypeError(f"check_bars takes a BAR_DTYPE array, got dtype {bars.dtype}")
     fix = "fix the source, or pass repair=True to drop such rows"
-    bad = _bad_bar_rows(bars)
+    bad = unusable_bars(bars)
     if not repair:
         _raise_first(bars, bad, source, fix)
         back = np.flatnonzero(np.diff(bars["time"]) <= 0) + 1
@@ -645,7 +645,9 @@ def _named(frame: pd.DataFrame, columns: dict | list | None, where: str) -> pd.D
     return frame.set_axis(columns, axis=1)
 
 
-def _bad_bar_rows(bars: np.ndarray) -> np.ndarray:
+def unusable_bars(bars: np.ndarray) -> np.ndarray:
+    """Mask of the BAR_DTYPE rows with a price that is not finite and positive, an ask below its
+    bid, or an open or close outside its side's low..high."""
     with np.errstate(invalid="ignore"):
         ok = np.ones(len(bars), dtype=bool)
         for field in PRICE_FIELDS:

@@ -12,6 +12,13 @@ position is saved in ``state/feeder.NAME.json``; a restarted feeder rebuilds its
 source at that position, and the router drops whatever it had already, so no tick is lost or
 applied twice.
 
+A live source (``live = True``: the market now, not a stream to replay) also fills what its ticks
+cannot: at start, the last ``router.history`` bars (at most 5,000) of every granularity the router
+builds, and after each gap in its stream, the bars of the gap, from its venue's candles
+(``source.candles``; ``source.gaps`` lists the gaps). They go to the router as ``wire.Backfill``
+on the same socket, one series at a time between batches, and the router keeps the bars it has
+none of (:meth:`osm.live.router.Router._on_backfill`).
+
 The supervisor starts a feeder only once the brains trading its instruments are warm (see
 :mod:`osm.live.supervisor`): a replay, at any speed, reaches brains that decide its first bar.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 import collections
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,12 +37,14 @@ import zmq
 from osm.core import wire
 from osm.core.config import SystemConfig
 from osm.core.errors import ConfigError
+from osm.core.granularity import step_ns
 from osm.core.rundir import RunDir, write_atomic
 from osm.live.bus import feed_token
 from osm.live.feeds import open_source
 from osm.live.service import Service
 
 _FINGERPRINT_FIELDS = ("kind", "file", "instruments", "seed", "start", "loop")
+MAX_BACKFILL_BARS = 5000  # per series at start: one page of OANDA's candles
 
 
 class Feeder(Service):
@@ -62,6 +72,9 @@ class Feeder(Service):
         self._exhausted = False
         self._last_progress = self._last_persist = time.monotonic()
         self._anchor: tuple[int, float] | None = None  # (data time, monotonic) of the first send
+        self._backfills: collections.deque[tuple[str, str, int, int]] = collections.deque()
+        self._gaps_seen = 0
+        self._live = False
 
     def _fingerprint(self) -> dict[str, Any]:
         return {f: getattr(self.feed, f) for f in _FINGERPRINT_FIELDS}
@@ -87,6 +100,36 @@ class Feeder(Service):
         self.sock = self.bus.connect(zmq.DEALER, "router_ticks")
         self.on(self.sock, self._on_reply)
         self.counters["acked"] = self._acked
+        self._live = getattr(self.source, "live", False)
+        if self._live:
+            bars = min(self.config.router.history, MAX_BACKFILL_BARS)
+            now = time.time_ns()
+            self._queue_backfill(lambda step: now - bars * step, now)
+
+    def _queue_backfill(self, start_of: Callable[[int], int], end_ns: int) -> None:
+        """Ask for every instrument's bars of every built granularity from `start_of(step)` on."""
+        for granularity in self.config.router.granularities:
+            step = step_ns(granularity) or 86_400 * 10**9
+            start = start_of(step)
+            for instrument in self.feed.instruments:
+                self._backfills.append((instrument, granularity, start - start % step, end_ns))
+
+    def _backfill_one(self) -> None:
+        """Fetch one queued series from the source's venue and send its bars to the router."""
+        instrument, granularity, start, end = self._backfills.popleft()
+        try:
+            bars = self.source.candles(instrument, granularity, start, end)
+        except ConfigError:
+            raise  # a refused token: the process stops with it, and is not restarted
+        except Exception as exc:  # noqa: BLE001 - the venue's history is a best effort
+            self.counters["backfill_failed"] += 1
+            self.log.warning("backfill of %s %s failed: %s", instrument, granularity, exc)
+            return
+        for first in range(0, len(bars), self.feed.batch):
+            chunk = wire.Bars.of(instrument, granularity, bars[first : first + self.feed.batch])
+            message = wire.Backfill.of(self.name, self.token, chunk)
+            self._send(wire.frames(f"backfill.{instrument}", message))
+        self.counters["bars_backfill_sent"] += len(bars)
 
     def _on_reply(self, parts: list[bytes]) -> None:
         message = self.expect(parts, wire.Ack, "on the ticks socket")
@@ -121,6 +164,13 @@ class Feeder(Service):
             count -= taken
 
     def idle(self) -> None:
+        if self._live:
+            gaps = self.source.gaps
+            for gap_start, gap_end in gaps[self._gaps_seen :]:
+                self._queue_backfill(lambda step, since=gap_start: since, gap_end)
+            self._gaps_seen = len(gaps)
+        if self._backfills:
+            self._backfill_one()
         now = time.monotonic()
         if self._unacked and now - self._last_progress > self.resend_s:
             # Router slow, restarted or a batch lost: resend every unacknowledged batch, in order.

@@ -14,6 +14,9 @@ Sockets (endpoint names of ``endpoints.json``):
     (dropped, never adopted, ``batches_gap``: the feeder resends from the applied position), one
     overlapping it is applied from the first tick not yet applied. ``wire.Ack(feed, seq)`` goes
     back, cumulative, once the round of batches is applied, journaled and published.
+    ``wire.Backfill``: a live feed's complete bars from its venue's history, for its start and its
+    stream's gaps, with the same proof of identity; the router stores those it has no bar for
+    (``bars_backfilled``; ``backfill_known``) and refuses the rest (``rejected.backfill``).
 ``router_bars`` XPUB
     ``bar.<INSTRUMENT>.<GRAN>``: closed bars (``wire.Bars``, complete); ``bar_partial.<INSTRUMENT>.
     <GRAN>``: the forming bar, at most `partial_hz` times a second per series; ``tick.<INSTRUMENT>``:
@@ -49,6 +52,7 @@ from osm.core.barseries import BarSeries
 from osm.core.config import SystemConfig
 from osm.core.dtypes import BAR_DTYPE, TICK_DTYPE, empty_ticks
 from osm.core.errors import UnknownNameError
+from osm.core.files import unusable_bars
 from osm.core.granularity import GRANULARITIES, NS, is_finer, next_open, step_ns
 from osm.core.resample import resample
 from osm.core.rundir import RunDir
@@ -66,7 +70,7 @@ from osm.live.aggregate import (
 from osm.live.bus import feed_token
 from osm.live.feeds import source_class
 from osm.live.service import Service, send_frames
-from osm.live.store import BarStore, JournalRecord, dedupe, read_bars
+from osm.live.store import BarStore, JournalRecord, dedupe, join_bars, read_bars
 
 
 class _Book:
@@ -103,6 +107,7 @@ class _Feed(NamedTuple):
     instruments: frozenset[str]
     batch: int
     paced: bool  # speed in (0, 1]: its ticks never run ahead of this machine's clock
+    live: bool  # a live market: may backfill from its venue's history
 
 
 _NO_LIMIT = np.iinfo(np.int64).max
@@ -126,7 +131,11 @@ class Router(Service):
         self.seqs: dict[str, int] = {}
         self.feeds = {
             f.name: _Feed(
-                feed_token(rundir, f.name), frozenset(f.instruments), f.batch, 0 < f.speed <= 1
+                feed_token(rundir, f.name),
+                frozenset(f.instruments),
+                f.batch,
+                0 < f.speed <= 1,
+                getattr(source_class(f.kind), "live", False),
             )
             for f in config.feeds
         }
@@ -153,12 +162,7 @@ class Router(Service):
         self._replies: dict[str, bytes] = {}  # feed -> identity of the peer to acknowledge
         self._partials_at = np.inf  # no forming bar may be published before this monotonic time
         self._next_sync = 0.0
-        live = {
-            i
-            for f in config.feeds
-            if getattr(source_class(f.kind), "live", False)
-            for i in f.instruments
-        }
+        live = {i for f in config.feeds if self.feeds[f.name].live for i in f.instruments}
         self._live = [self.books[i] for i in sorted(live)]  # bars close by the clock too
         self._close_grace_ns = int(settings.live_close_s * NS)
         self._next_close_check = 0.0
@@ -225,8 +229,15 @@ class Router(Service):
                 "malformed", f"expected identity, topic and payload, got {len(parts)} frames"
             )
             return
-        message = self.expect(parts[1:], wire.Ticks, "on the ticks socket")
-        if message is None:
+        decoded = self.decode(parts[1:])
+        if decoded is None:
+            return
+        message = decoded[1]
+        if isinstance(message, wire.Backfill):
+            self._on_backfill(message)
+            return
+        if not isinstance(message, wire.Ticks):
+            self.reject("unexpected_message", f"{type(message).__name__} on the ticks socket")
             return
         feed = self._feed_of(message)
         if feed is None:
@@ -241,7 +252,7 @@ class Router(Service):
         if len(ticks):
             self._apply(book, ticks, message.feed, feed.paced)
 
-    def _feed_of(self, message: wire.Ticks) -> _Feed | None:
+    def _feed_of(self, message: wire.Ticks | wire.Backfill) -> _Feed | None:
         """The configured feed that sent `message`, or None after counting why it is refused."""
         feed = self.feeds.get(message.feed)
         if feed is None:
@@ -292,6 +303,58 @@ class Router(Service):
         self.seqs[feed] = message.seq
         self.counters["batches_applied"] += 1
         return ticks[applied - first :]
+
+    def _on_backfill(self, message: wire.Backfill) -> None:
+        """Store the bars a live feed got from its venue for a time the router has none of.
+
+        Kept: complete bars on the granularity's grid, with usable prices, closed by this
+        machine's clock and before the instrument's forming bar; of those, the ones the router
+        has no bar for (its window and its store). They are journaled like bars it built, join
+        the window that answers history requests, and move the instrument's last tick to their
+        end, so a late tick cannot build one of them again. They are not published: a brain that
+        finds a gap asks the history for it.
+        """
+        feed = self._feed_of(message)
+        if feed is None:
+            return
+        granularity, count = message.granularity, max(message.count, 1)
+        if not feed.live or granularity not in self.granularities:
+            why = "is not live" if not feed.live else f"sent {granularity[:8]!r}, not built here"
+            self._reject_many("backfill", count, f"feed {message.feed!r} {why}")
+            return
+        bars = self.rows(message)
+        if bars is None:
+            return
+        book, g = self.books[message.instrument], self.granularities.index(granularity)
+        times = bars["time"]
+        ends = np.array([next_open(int(t), granularity, self.alignment) for t in times], np.int64)
+        ok = bars["complete"] & ~unusable_bars(bars) & (ends <= time.time_ns())
+        ok &= np.append(True, times[1:] > times[:-1])
+        ok &= opens_of(times, [granularity], self.alignment)[0] == times  # on the bars' grid
+        if book.f_time[g] != NO_BAR:
+            ok &= times < book.f_time[g]
+        if not ok.all():
+            self._reject_many("backfill", int((~ok).sum()), f"{message.instrument} {granularity}")
+        bars, ends = bars[ok], ends[ok]
+        if not len(bars):
+            return
+        series = book.series[g]
+        have = series.view["time"]
+        if self.store is not None:
+            first, last = int(bars["time"][0]), int(bars["time"][-1])
+            stored = read_bars(self.store.root, book.instrument, granularity, first, last + 1)
+            have = np.concatenate([have, stored["time"]])
+        new = ~np.isin(bars["time"], have)
+        self.counters["backfill_known"] += int((~new).sum())
+        bars, ends = bars[new].copy(), ends[new]
+        if not len(bars):
+            return
+        series.reset(dedupe(join_bars([series.view, bars]))[-series.window :])
+        self._closed.append(wire.Bars.of(book.instrument, granularity, bars))
+        if ends[-1] > book.last[0]:
+            book.last = (int(ends[-1]), float(bars["bid_close"][-1]), float(bars["ask_close"][-1]))
+        book.changed = True
+        self.counters["bars_backfilled"] += len(bars)
 
     def _guard(self, paced: bool) -> Guard:
         if not paced:
@@ -469,7 +532,7 @@ class Router(Service):
             bars = bars[bars["time"] < end_ns]
         if len(bars) < count and self.store is not None:
             stored = read_bars(self.store.root, instrument, granularity, end=end_ns)
-            bars = dedupe(np.concatenate([stored, bars]))
+            bars = dedupe(join_bars([stored, bars]))
         return bars[-count:] if count else bars[:0]
 
     def _source_of(self, granularity: str) -> str | None:

@@ -13,7 +13,11 @@ acknowledged batch ended. Its contract:
     JSON-serialisable values the feeder persists to rebuild the same stream after a restart.
 ``live`` (class attribute, default False)
     True for a live market (its read returns an empty batch when nothing is new): the router
-    then closes its bars when their time has passed, not only when a later tick arrives.
+    then closes its bars when their time has passed, not only when a later tick arrives. A live
+    source also has ``candles(instrument, granularity, start_ns, end_ns) -> BAR_DTYPE rows`` (its
+    venue's complete bars opening in that range; none where the venue's grid is not the
+    router's) and ``gaps``, the list of (last line, first line after) ns pairs of its stream's
+    outages so far: the feeder backfills the router's store from them.
 
 Built-ins are registered by import path (no import at registration); third parties register a class
 with :func:`register_source` or through the ``osm.sources`` entry point group.

@@ -32,6 +32,7 @@ from oandapyV20.exceptions import V20Error
 
 from osm.core.config import FeedConfig
 from osm.core.dtypes import BAR_DTYPE, TICK_DTYPE
+from osm.core.granularity import step_ns
 from osm.live.adapters.oanda.config import (
     AuthError,
     OandaConfig,
@@ -52,6 +53,7 @@ from osm.live.adapters.oanda.ratelimit import RateLimiter
 log = logging.getLogger("osm.oanda")
 
 MAX_COUNT = 5000
+_HOUR_NS = 3600 * 10**9
 _FATAL = (401, 403, 404)
 
 
@@ -218,7 +220,38 @@ class OandaSource:
         )
         self._queue: queue.Queue[tuple[str, int, float, float]] = queue.Queue()
         self._held: tuple[str, int, float, float] | None = None
-        self.stream = PriceStream(self.oanda, load_token(), self._on_tick).start()
+        self._token = load_token()
+        self._api: Any = None  # for candles, made at the first backfill
+        self._limiter = RateLimiter(self.oanda.requests_per_s, burst=5)
+        self.stream = PriceStream(self.oanda, self._token, self._on_tick).start()
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """The stream's gaps so far, (last line before, first line after) in ns, oldest first."""
+        return self.stream.gaps
+
+    def candles(self, instrument: str, granularity: str, start_ns: int, end_ns: int) -> np.ndarray:
+        """Complete bars of `instrument` opening in [start_ns, end_ns), from OANDA's candles.
+
+        None above H1: OANDA aligns those candles to its daily alignment (17:00 New York), which
+        is not the router's UTC grid (the router would refuse them all).
+        """
+        step = step_ns(granularity)
+        if step is None or _HOUR_NS % step:
+            return np.zeros(0, dtype=BAR_DTYPE)
+        if self._api is None:
+            self._api = make_api(self.oanda, self._token, self.oanda.request_timeout_s)
+        try:
+            return fetch_candles(
+                self._api, instrument, granularity, start_ns, end_ns, self._limiter
+            )
+        except V20Error as exc:
+            if exc.code in _FATAL:
+                raise AuthError(
+                    f"OANDA refused the candles of {instrument} ({exc.code}: "
+                    f"{error_reason(error_body(exc.msg))}); check the token and account"
+                ) from None
+            raise
 
     def _on_tick(self, instrument: str, time_ns: int, bid: float, ask: float) -> None:
         self._queue.put((instrument, time_ns, bid, ask))

@@ -1,0 +1,140 @@
+"""A live OANDA feed backfills the router's store from candles: at start, and after a stream gap.
+
+Real processes (`osm up --feed oanda`), the real oandapyV20 client, the fake v20 server serving
+candles. The router keeps only complete bars on its grid, closed by the clock, that it has none
+of; a backfill a feed could not have sent (no token, a replay feed, bad bars) is refused and
+counted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from osm.core import wire
+from osm.core.dtypes import empty_bars
+from osm.core.rundir import RunDir
+from osm.live.adapters.oanda.fake import FakeV20
+from osm.live.bus import feed_token
+from osm.live.client import Client
+from tests.live_helpers import wait_for
+from tests.system_helpers import process, running_system
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+TOKEN = "tok-osm-backfill-51ab-secret"
+S5, M1 = 5 * 10**9, 60 * 10**9
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    server = FakeV20(token=TOKEN, heartbeat_s=0.2).start()
+    monkeypatch.setenv("OANDA_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("OANDA_ACCOUNT", server.account)
+    monkeypatch.setenv("OANDA_ENVIRONMENT", server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "osm"
+
+
+@pytest.fixture
+def system(home: Path):
+    yield from running_system(home)
+
+
+def router(home: Path) -> dict:
+    return process(home, "router")["counters"]
+
+
+def candle_bars(fake: FakeV20, granularity: str) -> tuple[np.ndarray, np.ndarray]:
+    """Open times and bid closes of the fake's complete candles."""
+    rows = [c for c in fake.candles[("EUR_USD", granularity)] if c["complete"]]
+    times = np.array([c["time_ns"] for c in rows], np.int64)
+    return times, np.array([float(c["bid"]["c"]) for c in rows])
+
+
+def test_the_store_is_backfilled_at_start_and_bad_backfills_are_refused(home, fake, system):
+    now = time.time_ns()
+    minute = now - now % M1
+    fake.set_candles("EUR_USD", "M1", minute - 40 * M1, 41)  # 40 complete, this minute's open
+    system("--feed", "oanda", "--speed", "0", "--granularities", "S5", "M1")
+    times, closes = candle_bars(fake, "M1")
+    wait_for(lambda: router(home).get("bars_backfilled", 0) >= len(times), 60, "the backfill")
+    with Client(home, timeout_s=10) as client:
+        bars = client.bars("EUR_USD", "M1", 100)
+    bars = bars[bars["time"] < minute]  # a bar the router closes by the clock may follow
+    np.testing.assert_array_equal(bars["time"], times)
+    np.testing.assert_allclose(bars["bid_close"], closes)
+    assert router(home)["bars_backfilled"] == len(times)
+
+    # What a feed could not have sent: each refused and counted; nothing stored changes.
+    context = zmq.Context.instance()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(RunDir(home).read_endpoints()["router_ticks"])
+    token = feed_token(RunDir(home), "oanda")
+    bad = empty_bars(5)
+    bad["time"] = [minute - 50 * M1, minute - 49 * M1 + 7, minute + 5 * M1, minute - 48 * M1,
+                   minute - 47 * M1]  # fmt: skip
+    for field in bad.dtype.names[1:9]:
+        bad[field] = 1.1
+    bad["ask_low"] = bad["ask_open"] = bad["ask_close"] = bad["ask_high"] = 1.1002
+    bad["complete"] = True
+    bad["ask_close"][0] = 1.0  # ask below bid
+    bad["complete"][3] = False  # still forming at the venue
+    # [1] off the minute grid, [2] not over yet; [4] is good
+    known = empty_bars(1)
+    known[0] = bars[-1]
+    try:
+        for message in (
+            wire.Backfill.of("oanda", "", wire.Bars.of("EUR_USD", "M1", bad)),  # no token
+            wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", "H4", bad)),  # not built
+            wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", "M1", bad)),
+            wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", "M1", known)),
+        ):
+            dealer.send_multipart(wire.frames("backfill.EUR_USD", message))
+        wait_for(lambda: router(home).get("backfill_known", 0) >= 1, 30, "the known bar seen")
+    finally:
+        dealer.close()
+    counters = router(home)
+    assert counters["rejected.forged_feed"] == 1
+    assert counters["rejected.backfill"] == 5 + 4  # the H4 message whole, four bad M1 bars
+    assert counters["bars_backfilled"] == len(times) + 1
+    with Client(home, timeout_s=10) as client:
+        after = client.bars("EUR_USD", "M1", 100)
+    assert list(after["time"]).count(int(bad["time"][4])) == 1
+    assert len(np.unique(after["time"])) == len(after)
+
+
+def test_a_stream_gap_is_backfilled_from_candles(home, fake, system):
+    now = time.time_ns()
+    first = now - now % S5 - 12 * S5
+    fake.set_candles("EUR_USD", "S5", first, 200)  # a minute before the start, then 15 more
+    fake.push_price("EUR_USD", 1.3, 1.3002)  # the snapshot each connection sends first
+    fake.arm("stream", "stall")  # the snapshot, then silence until the 10 s watchdog
+    system("--feed", "oanda", "--speed", "0", "--granularities", "S5")
+    wait_for(lambda: fake._subscribers, 60, "the feeder's pricing stream")
+    wait_for(lambda: len(fake.sent) == 2 and fake._subscribers, 60, "a connection after the stall")
+    gap_end = time.time_ns()
+    wait_for(lambda: router(home).get("bars_backfilled", 0) > 14, 60, "the gap's bars backfilled")
+    times, closes = candle_bars(fake, "S5")
+    with Client(home, timeout_s=10) as client:
+        bars = client.bars("EUR_USD", "S5", 500)
+    assert len(np.unique(bars["time"])) == len(bars)
+    # Every S5 bar from the first candle to the gap's end is there: the tick's own bar (the
+    # snapshot, refused again as out of order on each connection), the rest from candles.
+    span = np.arange(first, gap_end - gap_end % S5 - S5, S5)
+    assert set(span) <= set(bars["time"].tolist())
+    from_candles = np.isin(bars["time"], times) & (bars["ticks"] != 1)
+    index = np.searchsorted(times, bars["time"][from_candles])
+    np.testing.assert_allclose(bars["bid_close"][from_candles], closes[index])
+    assert router(home)["bars_backfilled"] == int(from_candles.sum())
+    assert "gap of" in (home / "logs" / "oanda.log").read_text()
