@@ -231,7 +231,7 @@ class Journal:
         except sqlite3.IntegrityError:
             db.execute("ROLLBACK")
             # Asked only on failure, so a fill costs no extra query: a repeat, or no such order.
-            if self._db.execute("SELECT 1 FROM fills WHERE fill_id = ?", (fill_id,)).fetchone():
+            if self.has_fill(fill_id):
                 return False
             raise
         except BaseException:
@@ -239,6 +239,13 @@ class Journal:
             raise
         db.execute("COMMIT")
         return True
+
+    def has_fill(self, fill_id: str) -> bool:
+        """Whether a fill with this id (the broker's; the client id for older ones) is journaled."""
+        return (
+            self._db.execute("SELECT 1 FROM fills WHERE fill_id = ?", (fill_id,)).fetchone()
+            is not None
+        )
 
     def _write_position(self, instrument: str, book: Book, now_ns: int) -> None:
         self._db.execute(

@@ -33,7 +33,8 @@ class Venue:
             monkeypatch.setenv("OANDA_ACCESS_TOKEN", TOKEN)
             adapter = {"account": self.fake.account, "environment": self.fake.url,
                        "poll_s": 0.1, "backoff_s": 0.0, "backoff_cap_s": 0.0}  # fmt: skip
-        self.broker = brokers.create(TraderConfig(broker=name, adapter=adapter))
+        self.broker_config = TraderConfig(broker=name, adapter=adapter)
+        self.broker = brokers.create(self.broker_config)
         self.clock = 0
 
     def quote(self, bid: float, ask: float, instrument: str = "EUR_USD") -> None:
@@ -169,3 +170,36 @@ def wait_for(predicate, what: str, timeout: float = 10.0):
             return value
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_fill_the_journal_holds_read_again_after_a_restart_changes_nothing(monkeypatch):
+    venue = Venue("oanda", monkeypatch)  # only a venue reads its fills again
+    venue.broker.restore({}, 100_000.0, [])
+    try:
+        venue.quote(1.10000, 1.10020)
+        venue.fake.arm("orders", "hold", 300)  # 300 of 1000 units, the rest left open
+        venue.broker.submit(wire.Order("b", "EUR_USD", 1000, "b-part", venue.clock))
+        [first] = venue.fills(1)
+        assert (first.units, [o.units for o in venue.broker.pending()]) == (300, [700])
+        venue.broker.close()
+        # A restart whose persisted cursor lags the first part: it is read again.
+        cursor = str(int(first.fill_id) - 1)
+        venue.broker = brokers.create(venue.broker_config)
+        venue.broker.cursor = cursor
+        venue.broker.journaled = {first.fill_id}.__contains__
+        rest = wire.Order("b", "EUR_USD", 700, "b-part", venue.clock)  # the journal's open order
+        lost = venue.broker.restore({"EUR_USD": Book(300, first.price)}, 100_000.0, [rest])
+        assert lost == [] and venue.broker.take_fills() == []  # the repeat is not reported
+        assert venue.broker.halt_reason is None  # the books are the journal's: = the venue's
+        assert [(p.units, p.average_price) for p in venue.broker.positions()] == [
+            (300, pytest.approx(first.price))
+        ]
+        assert [o.units for o in venue.broker.pending()] == [700]
+        venue.fake.fill_held("b-part")
+        [second] = venue.fills(1)
+        assert (second.client_id, second.units) == ("b-part", 700)
+        assert venue.broker.pending() == [] and venue.fills(1) == []
+        assert [p.units for p in venue.broker.positions()] == [venue.fake.net_units("EUR_USD")]
+        assert venue.broker.halt_reason is None
+    finally:
+        venue.close()

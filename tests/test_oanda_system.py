@@ -288,6 +288,51 @@ def test_kill_9_of_the_trader_between_the_send_and_the_response_sends_nothing_tw
     assert len(ids) == len(set(ids)), "an order was sent twice"
 
 
+def test_a_part_filled_order_open_across_a_kill_9_is_not_counted_twice(home, fake, system):
+    path = config(home, fake)
+    settings = json.loads(path.read_text())
+    settings["brains"] = []  # only this order
+    path.write_text(json.dumps(settings))
+    system("--config", str(path))
+    wait_for(lambda: trader_status(home)["market_time_ns"], 60, "quotes")
+    fake.arm("orders", "hold", 400)  # 400 of 1000 units in the response, the rest left open
+    fake.arm("transactions", "status", 503, times=10**6)  # the cursor cannot pass the part
+    with Client(home, timeout_s=10) as client:
+        assert client.order("EUR_USD", 1000, brain="b8", client_id="b8-1").accepted
+    wait_for(lambda: journal_units(home) == 400, 30, "the first part journaled")
+    [part] = [t["id"] for t in fake.transactions if t.get("clientOrderID") == "b8-1"]
+    journal = f"file:{home / 'db' / 'trader.sqlite'}?mode=ro"
+    with sqlite3.connect(journal, uri=True) as db:
+        [(cursor,)] = db.execute("SELECT value FROM meta WHERE key = 'broker_cursor'")
+    assert int(cursor) < int(part)  # so the restart reads the part again
+    victim = process(home, "trader")
+    os.kill(victim["pid"], signal.SIGKILL)
+    fake.faults["transactions"].clear()
+    wait_for(
+        lambda: (p := process(home, "trader"))["state"] == "running" and p["pid"] != victim["pid"],
+        60,
+        "the trader restarted",
+    )
+    wait_for(lambda: account(home)["cursor"] == fake.last_id, 30, "the part read again")
+    assert journal_units(home) == 400 == fake.net_units("EUR_USD")
+    assert trader_status(home)["open_orders"] == 1
+    fake.fill_held("b8-1")
+    wait_for(lambda: journal_units(home) == 1000 == fake.net_units("EUR_USD"), 30, "the rest")
+    state = trader_status(home)
+    assert not state["halted"], state["halt_reason"]
+    assert state["open_orders"] == 0 and account(home)["reconciliations"] >= 1
+    with sqlite3.connect(journal, uri=True) as db:
+        parts = db.execute("SELECT fill_id, units FROM fills WHERE client_id = 'b8-1' ORDER BY seq")
+        [status] = db.execute("SELECT status FROM orders WHERE client_id = 'b8-1'")
+        parts = parts.fetchall()
+    venue = [
+        (t["id"], int(t["units"]))
+        for t in fake.transactions
+        if t["type"] == "ORDER_FILL" and t.get("clientOrderID") == "b8-1"
+    ]
+    assert parts == venue and [u for _, u in parts] == [400, 600] and status == ("filled",)
+
+
 def test_a_live_feeds_bar_closes_by_the_clock_and_a_late_tick_is_refused(
     home, fake, system, monkeypatch
 ):

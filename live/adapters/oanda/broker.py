@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import queue
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ class OandaBroker(Broker):
         self.currency = "USD"  # the account's, from the venue at restore
         self._balance = math.nan
         self.reconciliations = 0  # with the venue: at start, and after every outage
+        # Whether the journal holds a fill id; the trader sets it (see Broker): nothing, alone.
+        self.journaled: Callable[[str], bool] = lambda fill_id: False
         self._execution = OandaExecution(self.oanda, load_token(), self._events.put)
 
     # -- the Broker contract ----------------------------------------------------------------------
@@ -210,7 +213,7 @@ class OandaBroker(Broker):
         order = self._pending.get(event.client_id)
         if event.kind in (P.FILLED, P.PARTIALLY_FILLED):
             self._fill(event, order)
-            if order is not None and self._filled[event.client_id] == order.units:
+            if order is not None and self._filled.get(event.client_id) == order.units:
                 self._done(event.client_id)
         elif event.kind == P.REJECTED and order is not None:
             self._done(event.client_id)
@@ -252,10 +255,17 @@ class OandaBroker(Broker):
         return self._filled.pop(client_id, 0)
 
     def _fill(self, event: P.OrderEvent, order: wire.Order | None) -> None:
-        if order is None and event.client_id:
-            # Ours, and no longer open: read again after a restart (the cursor persisted lags
-            # the order's response by one poll), journaled already.
+        if self.journaled(event.transaction_id):
+            # Read again after a restart (the cursor persisted lags the fill by one poll): the
+            # journal has it, and so the books restored from it. Counted here, it would make the
+            # books differ from the venue's and halt trading on nothing.
             log.info("fill %s of %s is journaled already", event.transaction_id, event.client_id)
+            return
+        if order is None and event.client_id:
+            # Ours, of an order no longer open (ended by the venue, or lost) and not journaled:
+            # left out; a position it makes differ from the venue's halts at the next comparison.
+            log.info("fill %s of %s: the order is no longer open", event.transaction_id,
+                     event.client_id)  # fmt: skip
             return
         owner = next((self._owners[t] for t in event.trade_ids if t in self._owners), None)
         if order is not None:

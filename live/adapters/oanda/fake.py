@@ -16,6 +16,8 @@ Faults are armed per route with :meth:`FakeV20.arm` and consumed one per request
 ``("partial", units)``      order create: fill only `units` of it, cancel the rest
 ``("partials", units)``     order create: fill `units` of it (the order's side, in the reply), then the rest in a
                             second ``ORDER_FILL`` (in the transactions only)
+``("hold", units)``         order create: fill `units` of it (the order's side), leave the rest open until
+                            :meth:`FakeV20.fill_held` fills it (a later ``ORDER_FILL``)
 ``("stall",)``              stream: send the snapshot, then nothing (socket left open)
 ``("cut",)``                stream: after the snapshot and queued prices, half a line, then a reset
 ``("end",)``                stream: after the snapshot and queued prices, a clean end
@@ -234,6 +236,13 @@ class FakeV20:
             fill = self._fill(order, units, "MARKET_ORDER", tx["id"])
             return fill.get("tradeOpened", {}).get("tradeID", "")  # "": it only reduced trades
 
+    def fill_held(self, client_id: str) -> None:
+        """Fill the rest of the order `client_id` that the fault ``hold`` left open."""
+        with self.lock:
+            order = self.find_order(f"@{client_id}")
+            batch = str(self._next_id + 1)  # the fill's own id: it opens its own batch
+            self._fill(order, order.pop("held"), "MARKET_ORDER", batch)
+
     def trigger_stop_loss(self, trade_id: str) -> None:
         """The stop-loss of `trade_id` fires: its trade closes at the stop price."""
         with self.lock:
@@ -280,13 +289,15 @@ class FakeV20:
                 filled = units
                 if fault and fault[0] == "partial":
                     filled = fault[1]
-                if fault and fault[0] == "partials":
+                if fault and fault[0] in ("partials", "hold"):
                     filled = abs(fault[1]) if units > 0 else -abs(fault[1])
                 reply["orderFillTransaction"] = self._fill(
                     stored, filled, "MARKET_ORDER", create["id"]
                 )
                 if fault and fault[0] == "partials":
                     self._fill(stored, units - filled, "MARKET_ORDER", create["id"])
+                elif fault and fault[0] == "hold":  # the rest stays open: fill_held fills it
+                    stored.update(state="PENDING", held=units - filled)
                 elif filled != units:
                     cancel = self._tx(type="ORDER_CANCEL", orderID=create["id"],
                                       reason="INSUFFICIENT_LIQUIDITY", batchID=create["id"])  # fmt: skip
@@ -527,7 +538,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(fault[1])
         status, body = work(
             fault
-            if fault and fault[0] in ("reject", "cancel", "rest", "partial", "partials")
+            if fault and fault[0] in ("reject", "cancel", "rest", "partial", "partials", "hold")
             else None
         )
         if fault and fault[0] == "drop":
