@@ -23,6 +23,11 @@ This process owns the client's sockets and polls iopub and shell in one loop:
   in our runs; the follower and the chart allocate nothing that lives (collections seen during
   the chart's opening, imports and numba compilation, are not counted).
 
+``--probe`` (diagnosis; the probe itself wakes a thread 1,000 times a second) adds, per phase, the
+lateness of a 1 ms sleep on a kernel thread (how long a thread waits for the GIL and a core) and,
+with the chart, the follower's stretches, wall and thread CPU: each drain of its subscription and
+each hand-over to the chart. ``--switch-interval`` sets the kernel's ``sys.setswitchinterval``.
+
 Browser figures (publish-to-paint at 10 bars/s, 2,000 candles drawn) are not measured here.
 
 Prints progress to stderr and one JSON line to stdout. Goals (issue 7): at most 60 messages/s per
@@ -65,6 +70,43 @@ gc.callbacks.append(_gc_timer)
 from osm.widgets.chart import chart
 c = chart("EUR_USD", "S5", strategy="osm.strategies.sma_cross:SmaCross",
           params={{"fast": 10, "slow": 30}}, window={window}, home={home!r})
+"""
+# A watchdog thread: how late a 1 ms sleep wakes, i.e. how long a thread of the kernel waits to
+# get the GIL (and a core) back; with the chart, also the follower's stretches: a drain of the
+# subscription, a hand-over to the chart.
+WATCH = """
+import threading, time, json
+_probe = {"late": [], "drain": [], "hand": []}
+_stop_probe = threading.Event()
+def _watch():
+    while not _stop_probe.is_set():
+        t = time.perf_counter()
+        time.sleep(0.001)
+        _probe["late"].append(time.perf_counter() - t - 0.001)
+threading.Thread(target=_watch, name="probe", daemon=True).start()
+def _stats():
+    import numpy as np
+    out = {}
+    for k, v in _probe.items():
+        a = np.array(v) * 1e3
+        if len(a):
+            out[k] = [len(a)] + [round(float(np.percentile(a, q)), 2) for q in (50, 99, 100)]
+        v.clear()
+    return out
+"""
+TIME_FOLLOWER = """
+_probe.update(drain_cpu=[], hand_cpu=[])
+def _timed(name, f):
+    def timed(*a, **k):
+        t, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return f(*a, **k)
+        finally:
+            _probe[name].append(time.perf_counter() - t)
+            _probe[name + "_cpu"].append(time.thread_time() - cpu)
+    return timed
+c.follower._drain = _timed("drain", c.follower._drain)
+c.follower._sink = _timed("hand", c.follower._sink)
 """
 
 
@@ -170,7 +212,14 @@ class Bench:
 
 
 def run(
-    seconds: float, every: float, warmup: float, speed: str, baseline: float, folder: Path
+    seconds: float,
+    every: float,
+    warmup: float,
+    speed: str,
+    baseline: float,
+    folder: Path,
+    probe: bool = False,
+    switch_interval: float | None = None,
 ) -> dict[str, Any]:
     home = folder / "home"
     log(f"osm up in {home} (synthetic, speed {speed}, S5)")
@@ -185,10 +234,19 @@ def run(
     try:
         bench = Bench(km)
         pid = km.provisioner.process.pid
+        if switch_interval is not None:
+            bench.execute(f"import sys; sys.setswitchinterval({switch_interval})")
+        probes: dict[str, Any] = {}
+        if probe:
+            bench.execute(WATCH)
         # The same execute loop with no chart, the system streaming all the same: what the
         # replay's own processes cost the kernel on these cores.
         log(f"baseline: {baseline:.0f} s of executes without a chart")
         baseline_lat = bench.sample(baseline, every)
+        if probe:
+            probes["no_chart"] = json.loads(
+                bench.execute("pass", s="json.dumps(_stats())")[1]["s"].strip("'")
+            )
         took, _ = bench.execute(OPEN_CHART.format(window=WINDOW, home=str(home)), timeout=180)
         log(f"chart open in {took:.2f} s; warming up {warmup:.0f} s")
         bench.pump(warmup)
@@ -197,6 +255,8 @@ def run(
         seen0, rss0 = int(ids["seen"]), rss_mb(pid)
         log(f"{seen0} bars on the chart, kernel RSS {rss0:.1f} MB; streaming {seconds:.0f} s")
         bench.execute("_gc_pauses.clear()")  # count only the collections while measuring
+        if probe:
+            bench.execute(TIME_FOLLOWER + "_stats()")
         bench.counting = True
         start = time.monotonic()
         rss = [(0.0, rss0)]
@@ -214,6 +274,10 @@ def run(
             "pass", seen="c.seen", gc="[round(d * 1e3) for g, d in _gc_pauses if d > 0.01]"
         )
         gc_pauses = json.loads(ids["gc"])
+        if probe:
+            probes["chart"] = json.loads(
+                bench.execute("_stop_probe.set()", s="json.dumps(_stats())")[1]["s"].strip("'")
+            )
         seen1, rss1 = int(ids["seen"]), rss_mb(pid)
         bench.execute("c.close()")
     finally:
@@ -250,6 +314,8 @@ def run(
         "kernel_rss_before_mb": round(rss0, 1),
         "kernel_rss_after_mb": round(rss1, 1),
         "kernel_rss_slope_mb_per_min": round(slope * 60, 2),
+        "switch_interval_s": switch_interval,
+        **({"probe_ms_n_p50_p99_max": probes} if probe else {}),
         "browser": "not measured",
         "goals": GOALS,
     }
@@ -267,10 +333,21 @@ def main(argv: list[str] | None = None) -> None:
         default=10.0,
         help="seconds of executes before the chart opens (the system streaming)",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="time the follower's stretches and a 1 ms sleep's lateness in the kernel",
+    )
+    parser.add_argument(
+        "--switch-interval", type=float, help="the kernel's sys.setswitchinterval (seconds)"
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="osm-widget-bench-"))
     try:
-        result = run(args.seconds, args.every, args.warmup, args.speed, args.baseline, folder)
+        result = run(
+            args.seconds, args.every, args.warmup, args.speed, args.baseline, folder,
+            args.probe, args.switch_interval,
+        )  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(result))

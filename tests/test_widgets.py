@@ -169,6 +169,8 @@ def test_chart_holds_exactly_the_last_window_bars_with_overlays(recorded):
     assert "x" not in data["state"]
     assert any(d["state"].get("x", {}).get("dtype") == "float32"
                for _, d, _ in messages_to(recorded, view.candles))  # fmt: skip
+    # So are the overlays' x: the last two updates (window full) sent their y alone.
+    assert [set(d["state"]) for _, d, _ in messages_to(recorded, view.lines)[-2:]] == [{"y"}] * 2
 
 
 def test_forming_bar_updates_in_place_with_small_messages(recorded):

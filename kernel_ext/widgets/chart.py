@@ -173,6 +173,7 @@ class LiveChart:
             fill_opacities=[0.0, 1.0, 1.0], stroke_width=1, display_legend=False,
         )  # fmt: skip
         self.ohlc_x, self.ohlc = np.empty(0), np.empty((0, 4))  # the candles drawn
+        self._drawn = -1  # len(self.ohlc_x) when the candles' x was last sent
         self.forming = bq.OHLC(
             x=empty_x, y=empty_y, scales=scales, marker="candle", format="ohlc",
             colors=["#98df8a", "#ff9896"], stroke="#999", opacities=[0.0, 0.8],
@@ -247,13 +248,18 @@ class LiveChart:
         self._fit_y(rows, drawn, len(shown))
         self.ohlc_x, self.ohlc = x, rows
         xs, ys = candle_paths(x, rows)
+        # x depends only on the count in view: once the window is full, updates send y alone
+        # (the browser then rewrites one attribute per path, not the x scale's mapping too).
+        moved = len(shown) != self._drawn
+        self._drawn = len(shown)
         with self.candles.hold_sync():
-            if not np.array_equal(self.candles.x, xs, equal_nan=True):
+            if moved:
                 self.candles.x = xs
             self.candles.y = ys
         if drawn:
             with self.lines.hold_sync():
-                self.lines.x = x
+                if moved or len(self.lines.x) != len(x):
+                    self.lines.x = x
                 self.lines.y = np.vstack([v[-len(shown) :] for v in drawn.values()])
                 self.lines.labels = list(drawn)
         values, labels = _ticks(shown["time"], x, self.granularity)
