@@ -126,6 +126,8 @@ class FeedConfig(_Config):
     start: str | None = None  # synthetic: ISO time of the first tick; default: now
     batch: Annotated[int, Meta(ge=1, le=1_000_000, description="most ticks in one message")] = 256
     loop: bool = False  # replay: start again at the end
+    # The source's own settings, checked by it (oanda: account, environment, stream_silence_s...).
+    adapter: dict[str, Any] = {}
 
     def _check(self) -> None:
         for name in self.instruments:

@@ -153,6 +153,12 @@ def order(session: Session, args: argparse.Namespace) -> dict[str, Any]:
     return {"client_id": reply.client_id, "units": reply.units, "accepted": True}
 
 
+def cancel(session: Session, args: argparse.Namespace) -> dict[str, Any]:
+    """The trader's answer: ``cancelled``, the order's ``status`` and why not."""
+    with session.client(args.home, args.timeout) as client:
+        return client.cancel(args.client_id)
+
+
 def chart(session: Session, args: argparse.Namespace) -> Any:
     from osm.widgets.chart import chart as open_chart
 
@@ -232,6 +238,7 @@ ROUTES = {
     "resume": trader,
     "flatten": trader,
     "order": order,
+    "cancel": cancel,
     "chart": chart,
     "blotter": blotter,
     "controls": controls,

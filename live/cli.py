@@ -409,6 +409,20 @@ def cmd_order(home: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(home: Path, args: argparse.Namespace) -> int:
+    with Client(home, timeout_s=args.timeout) as client:
+        answer = client.cancel(args.client_id)
+    if args.json:
+        _print_json(answer)
+    elif answer["cancelled"]:
+        print(f"order {args.client_id} cancelled")
+    elif answer["status"]:
+        print(f"order {args.client_id}: {answer['reason']}")
+    if not answer["cancelled"] and not answer["status"]:
+        return _fail(f"cancel {args.client_id}: {answer['reason']}", 1)
+    return 0
+
+
 def cmd_keys(home: Path, args: argparse.Namespace) -> int:
     rundir = RunDir(home)
     if curve_keys_exist(rundir) and not args.force:
@@ -784,6 +798,11 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("instrument")
     order.add_argument("units", type=int, help="signed: positive buys, negative sells")
     order.set_defaults(func=cmd_order)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel an order not yet filled")
+    cancel.add_argument("client_id", help="the order's client id (osm orders lists them)")
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(func=cmd_cancel)
 
     promote = sub.add_parser(
         "promote", parents=[common], help="check a strategy and register it as a live-brain job"

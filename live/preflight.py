@@ -117,7 +117,9 @@ def _check_feed(
     router: tuple[dict[str, int], dict[str, int]],
     fresh: bool,
 ) -> None:
-    if getattr(source_class(feed.kind), "live", False):
+    source = source_class(feed.kind)
+    if getattr(source, "live", False):
+        source.check(feed, rundir.home)  # its settings and credentials, without connecting
         return  # a live market resumes from now: nothing to read ahead, no stream to open here
     seqs, last_ticks = router
     position, state = (0, {}) if fresh else _saved_position(rundir, feed)

@@ -355,6 +355,18 @@ def test_bars_orders_positions_halt_resume_flatten(home, system):
     assert "HALTED" not in osm(home, "status").stdout
     accepted = osm(home, "order", "EUR_USD", "1000")
     assert accepted.returncode == 0 and "accepted: +1000 EUR_USD" in accepted.stdout
+    client_id = accepted.stdout.split()[1]
+
+    def status_of(client_id: str) -> str:
+        orders = json.loads(osm(home, "orders", "--json").stdout)
+        return next(o["status"] for o in orders if o["client_id"] == client_id)
+
+    wait_for(lambda: status_of(client_id) == "filled", 30, "the order filled")
+    late = osm(home, "cancel", client_id)  # filled already: nothing to cancel
+    assert late.returncode == 1 and f"order {client_id!r} is filled, not open" in late.stderr
+    unknown = osm(home, "cancel", "no-such-order", "--json")
+    assert unknown.returncode == 1 and "no order 'no-such-order'" in unknown.stderr
+    assert json.loads(unknown.stdout)["cancelled"] is False
 
     osm(home, "halt")  # the brain must not reopen what flatten closes
     assert osm(home, "flatten").returncode == 0

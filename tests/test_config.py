@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from osm.core import config as cfg
@@ -182,3 +184,37 @@ def test_instrument_lookup():
     assert eur.format(1.234567) == "1.23457"
     with pytest.raises(UnknownNameError, match="Did you mean 'USD_JPY'"):
         instrument("USDJPY")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        ({"acount": "101-1"}, "feeds[live].adapter (the oanda settings): Object contains unknown"),
+        ({"instruments": ["USD_JPY"]}, "instruments is set outside it; remove it here"),
+        ({"stream_silence_s": 0}, "stream_silence_s"),
+        ({"environment": "demo"}, "a base URL"),
+        ({"environment": "practice"}, "no OANDA account: set the OANDA_ACCOUNT variable"),
+        ({"account": "101-004-1-001"}, "no OANDA token: set OANDA_ACCESS_TOKEN"),
+    ],
+)
+def test_an_oanda_feeds_settings_are_checked_before_start(tmp_path, monkeypatch, adapter, message):
+    for variable in ("OANDA_ACCOUNT", "OANDA_ENVIRONMENT", "OANDA_ACCESS_TOKEN", "OANDA_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    config = cfg.SystemConfig(feeds=[cfg.FeedConfig(name="live", kind="oanda", adapter=adapter)])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        preflight.check(RunDir(tmp_path / "osm"), config)
+
+
+def test_an_oanda_feed_takes_its_settings_from_its_section(monkeypatch):
+    from osm.live.adapters.oanda.data import OandaSource
+
+    monkeypatch.setenv("OANDA_ENVIRONMENT", "live")
+    feed = cfg.FeedConfig(
+        name="live", kind="oanda", instruments=["EUR_USD", "USD_JPY"],
+        adapter={"account": "101-004-1-001", "environment": "http://127.0.0.1:9", "backoff_s": 0.5},
+    )  # fmt: skip
+    settings = OandaSource.settings(feed)
+    assert (settings.account, settings.environment) == ("101-004-1-001", "http://127.0.0.1:9")
+    assert settings.instruments == ["EUR_USD", "USD_JPY"] and settings.backoff_s == 0.5
+    without = OandaSource.settings(cfg.FeedConfig(name="live", kind="oanda"))
+    assert without.environment == "live"  # $OANDA_ENVIRONMENT when the section has none

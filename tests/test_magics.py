@@ -73,7 +73,7 @@ def test_help_lists_every_subcommand(ip, capsys):
     assert magic(ip, "help") is None
     out = capsys.readouterr().out
     for name in ("up", "down", "status", "bars", "orders", "fills", "positions", "halt",
-                 "resume", "flatten", "chart", "blotter", "controls"):  # fmt: skip
+                 "resume", "flatten", "cancel", "chart", "blotter", "controls"):  # fmt: skip
         assert name in out
     magic(ip, "help bars")
     assert "--count" in capsys.readouterr().out
@@ -138,6 +138,8 @@ def test_every_subcommand_on_a_running_system(ip, home, capsys):
     assert sent["client_id"] in set(orders["client_id"])
     positions = magic(ip, f"positions --home {home}")
     assert positions.set_index("instrument").loc["EUR_USD", "units"] == 1000
+    late = magic(ip, f"cancel {sent['client_id']} --home {home}")
+    assert not late["cancelled"] and "is filled, not open" in late["reason"]
 
     assert magic(ip, f"halt --home {home}")["halted"] is True
     assert "TRADING HALTED" in repr(magic(ip, f"status --home {home}"))

@@ -23,7 +23,7 @@ from osm.live.adapters.oanda.fake import FakeV20
 from osm.live.bus import feed_token
 from osm.live.client import Client
 from tests.live_helpers import wait_for
-from tests.system_helpers import process, running_system
+from tests.system_helpers import process, running_system, write_config
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 TOKEN = "tok-osm-backfill-51ab-secret"
@@ -114,27 +114,41 @@ def test_the_store_is_backfilled_at_start_and_bad_backfills_are_refused(home, fa
     assert len(np.unique(after["time"])) == len(after)
 
 
-def test_a_stream_gap_is_backfilled_from_candles(home, fake, system):
+def test_a_stream_gap_is_backfilled_from_candles(home, fake, system, monkeypatch):
+    # The feed's settings from its config section, not the environment: a 12 s watchdog, so
+    # that bars open and close within the gap (after the start's backfill was asked).
+    monkeypatch.delenv("OANDA_ACCOUNT")
+    monkeypatch.delenv("OANDA_ENVIRONMENT")
+    adapter = {"account": fake.account, "environment": fake.url, "stream_silence_s": 12.0}
+    feed = {"name": "oanda", "kind": "oanda", "speed": 0, "adapter": adapter}
+    path = write_config(home, feeds=[feed], router={"granularities": ["S5"]})
     now = time.time_ns()
     first = now - now % S5 - 12 * S5
     fake.set_candles("EUR_USD", "S5", first, 200)  # a minute before the start, then 15 more
     fake.push_price("EUR_USD", 1.3, 1.3002)  # the snapshot each connection sends first
-    fake.arm("stream", "stall")  # the snapshot, then silence until the 10 s watchdog
-    system("--feed", "oanda", "--speed", "0", "--granularities", "S5")
+    fake.arm("stream", "stall")  # the snapshot, then silence until the watchdog
+    system("--config", str(path))
     wait_for(lambda: fake._subscribers, 60, "the feeder's pricing stream")
+    gap_start = time.time_ns()
     wait_for(lambda: len(fake.sent) == 2 and fake._subscribers, 60, "a connection after the stall")
     gap_end = time.time_ns()
-    wait_for(lambda: router(home).get("bars_backfilled", 0) > 14, 60, "the gap's bars backfilled")
-    times, closes = candle_bars(fake, "S5")
+    # Every S5 bar from the first candle to the gap's end: the tick's own bar (the snapshot,
+    # refused again as out of order on each connection), the rest from candles; some of them
+    # opened after the stream stalled, so only the gap's backfill can have brought them.
+    span = set(range(first, gap_end - gap_end % S5 - S5 + 1, S5))
+    assert any(t > gap_start for t in span)
     with Client(home, timeout_s=10) as client:
-        bars = client.bars("EUR_USD", "S5", 500)
+
+        def complete() -> tuple[np.ndarray] | None:
+            bars = client.bars("EUR_USD", "S5", 500)
+            return (bars,) if span <= set(bars["time"].tolist()) else None
+
+        [bars] = wait_for(complete, 60, "every bar of the gap, backfilled")
+    times, closes = candle_bars(fake, "S5")
     assert len(np.unique(bars["time"])) == len(bars)
-    # Every S5 bar from the first candle to the gap's end is there: the tick's own bar (the
-    # snapshot, refused again as out of order on each connection), the rest from candles.
-    span = np.arange(first, gap_end - gap_end % S5 - S5, S5)
-    assert set(span) <= set(bars["time"].tolist())
     from_candles = np.isin(bars["time"], times) & (bars["ticks"] != 1)
     index = np.searchsorted(times, bars["time"][from_candles])
     np.testing.assert_allclose(bars["bid_close"][from_candles], closes[index])
-    assert router(home)["bars_backfilled"] == int(from_candles.sum())
+    stored = int(from_candles.sum())  # the counters come with the router's next heartbeat
+    wait_for(lambda: router(home)["bars_backfilled"] == stored, 30, f"{stored} bars backfilled")
     assert "gap of" in (home / "logs" / "oanda.log").read_text()

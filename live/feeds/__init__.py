@@ -17,7 +17,10 @@ acknowledged batch ended. Its contract:
     source also has ``candles(instrument, granularity, start_ns, end_ns) -> BAR_DTYPE rows`` (its
     venue's complete bars opening in that range; none where the venue's grid is not the
     router's) and ``gaps``, the list of (last line, first line after) ns pairs of its stream's
-    outages so far: the feeder backfills the router's store from them.
+    outages so far: the feeder backfills the router's store from them. And a classmethod
+    ``check(config, home)`` that raises a ConfigError, with the fix, if the feed's settings
+    (``FeedConfig.adapter``) or credentials are wrong, without connecting: run before any
+    process starts.
 
 Built-ins are registered by import path (no import at registration); third parties register a class
 with :func:`register_source` or through the ``osm.sources`` entry point group.

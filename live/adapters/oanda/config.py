@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
@@ -22,6 +22,7 @@ from osm.core.instruments import instrument
 ENVIRONMENTS = ("practice", "live")
 TOKEN_VARIABLES = ("OANDA_ACCESS_TOKEN", "OANDA_TOKEN")
 ACCOUNT_VARIABLE = "OANDA_ACCOUNT"
+ENVIRONMENT_VARIABLE = "OANDA_ENVIRONMENT"
 TOKEN_FILE = "keys/oanda.token"
 
 
@@ -111,6 +112,27 @@ class OandaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
                 "account in config.json), e.g. 101-004-1234567-001"
             )
         return account
+
+
+def settings(section: str, given: dict[str, Any], **fixed: Any) -> OandaConfig:
+    """A config section (``trader.adapter``, a feed's ``adapter``) as an :class:`OandaConfig`.
+
+    `fixed` are fields the section may not set (a feed's instruments are the feed's own); the
+    environment defaults to ``$OANDA_ENVIRONMENT``, then ``practice``.
+    """
+    clash = sorted(set(given) & set(fixed))
+    if clash:
+        raise ConfigError(f"{section}: {', '.join(clash)} is set outside it; remove it here")
+    merged = {**given, **fixed}
+    if "environment" not in merged and os.environ.get(ENVIRONMENT_VARIABLE):
+        merged["environment"] = os.environ[ENVIRONMENT_VARIABLE]
+    try:
+        return msgspec.convert(merged, OandaConfig)
+    except (msgspec.ValidationError, ConfigError) as exc:
+        raise ConfigError(
+            f"{section} (the oanda settings): {exc}; it takes "
+            f"{', '.join(f for f in OandaConfig.__struct_fields__ if f not in fixed)}"
+        ) from None
 
 
 def load_token(home: Path | None = None) -> Secret:

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from osm.live.adapters.oanda.config import (
     load_token,
     make_api,
     redact,
+    settings,
 )
 from osm.live.adapters.oanda.parsing import (
     error_body,
@@ -204,26 +206,34 @@ class OandaSource:
     Follows the source contract of :mod:`osm.live.feeds` with one difference a live stream
     forces: `position` is a counter, not a place to seek to (after a restart the stream resumes
     from now), and :meth:`read` returns an empty batch when nothing has arrived within
-    :attr:`wait_s`. Settings come from the environment (``OANDA_ACCOUNT``, ``OANDA_ENVIRONMENT``,
-    the token per :func:`load_token`); instruments from the feed.
+    :attr:`wait_s`. Settings come from the feed's ``adapter`` section (account, environment,
+    stream_silence_s, backoff_s...; ``OANDA_ACCOUNT`` and ``OANDA_ENVIRONMENT`` when it has none),
+    the token per :func:`load_token`, the instruments from the feed.
     """
 
     wait_s = 0.05
     live = True  # the router closes its bars by the clock, not only by the next tick
 
     def __init__(self, config: FeedConfig, position: int, state: dict[str, Any]) -> None:
-        import os
-
-        self.oanda = OandaConfig(
-            environment=os.environ.get("OANDA_ENVIRONMENT", "practice"),
-            instruments=list(config.instruments),
-        )
+        self.oanda = self.settings(config)
         self._queue: queue.Queue[tuple[str, int, float, float]] = queue.Queue()
         self._held: tuple[str, int, float, float] | None = None
         self._token = load_token()
         self._api: Any = None  # for candles, made at the first backfill
         self._limiter = RateLimiter(self.oanda.requests_per_s, burst=5)
         self.stream = PriceStream(self.oanda, self._token, self._on_tick).start()
+
+    @staticmethod
+    def settings(config: FeedConfig) -> OandaConfig:
+        return settings(
+            f"feeds[{config.name}].adapter", config.adapter, instruments=list(config.instruments)
+        )
+
+    @classmethod
+    def check(cls, config: FeedConfig, home: Path) -> None:
+        """Raise a ConfigError, with the fix, if this feed could not start from `home`."""
+        cls.settings(config).account_id()
+        load_token(home)
 
     @property
     def gaps(self) -> list[tuple[int, int]]:
