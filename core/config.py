@@ -258,6 +258,10 @@ class BrainConfig(_Config):
     window: Annotated[int, Meta(ge=1, description="bars kept; at least the strategy's warm-up")] = (
         2000
     )
+    # Price distances from the fill price at which the trade an order opens is closed (by the
+    # broker: OANDA's stopLossOnFill / takeProfitOnFill, the paper broker on its quotes).
+    stop_loss: Annotated[float, Meta(gt=0, description="a price distance, 0.0020")] | None = None
+    take_profit: Annotated[float, Meta(gt=0, description="a price distance")] | None = None
 
     def _check(self) -> None:
         instrument(self.instrument)

@@ -214,6 +214,8 @@ class Brain(Service):
             units,
             f"{self.name}-{bar_time}",
             next_open(bar_time, self.spec.granularity, self.config.router.alignment),
+            self.spec.stop_loss,
+            self.spec.take_profit,
         )
         self._outbox.append(decision)
         self.counters["targets"] += 1
