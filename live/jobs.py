@@ -459,6 +459,7 @@ class JobRunner:
 
     def _launch(self, run: Run) -> None:
         job = run.job
+        run.opened = run.window.opened if run.window is not None else None  # one try per window
         folder = runs_dir(self.rundir, job.name)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         run.output = folder / f"{stamp}.ipynb"
@@ -485,7 +486,6 @@ class JobRunner:
                 start_new_session=True,  # its own group: a signal to ours does not reach it
             )
         run.state, run.started, run.last_beat, run.first_beat = "starting", self.clock(), None, None
-        run.opened = run.window.opened if run.window is not None else None
         run.exit_code, run.tree, run.next_tree, run.counters = None, {}, 0.0, {}
         self.log.info(
             "started job %s (papermill pid %d) -> %s", job.name, run.popen.pid, run.output
@@ -544,13 +544,15 @@ class JobRunner:
                 run.restarts += 1
                 run.recent += 1
                 self._launch(run)
-        elif run.state not in ("registered", "waiting", "exited"):
-            return  # failed or stopped: until `osm jobs start`
+        elif run.state not in ("registered", "waiting", "exited", "failed"):
+            return  # stopped: until `osm jobs start`
         elif window is None:
-            if run.state != "exited":
+            if run.state not in ("exited", "failed"):  # failed: until `osm jobs start`
                 self._launch(run)
         elif window.open and window.opened != run.opened:
-            run.failures = 0  # a new window: no backoff left from the last one
+            # A new window is a new session: no backoff or cap left from the last one, and a job
+            # that failed in it is tried again (as cron would).
+            run.failures = run.recent = 0
             self._launch(run)
         elif not window.open and run.state == "registered":
             self._wait(run, window, "its window is closed")

@@ -252,7 +252,8 @@ def test_a_window_given_or_cleared_while_the_job_runs_is_acted_on(home, sleeper,
 
 def test_the_restart_cap_decays_after_a_healthy_period(home, broken, runners):
     clock = Clock(1_000.0)
-    runner = runners(home, max_restarts=1, clock=clock, now=Clock(WEDNESDAY))
+    now = Clock(WEDNESDAY)
+    runner = runners(home, max_restarts=1, clock=clock, now=now)
     with JobStore(RunDir(home)) as store:
         store.add(Job(name="d1", notebook=str(broken), schedule=FX))
 
@@ -288,6 +289,13 @@ def test_the_restart_cap_decays_after_a_healthy_period(home, broken, runners):
     clock.at += 60.0
     runner.watch()
     assert run.state == "failed" and len(list_runs(RunDir(home), "d1")) == 3
+    now.at = FRIDAY_CLOSE
+    runner.watch()
+    assert run.state == "failed"  # the window closes: nothing to stop, nothing started
+    now.at = NEXT_SUNDAY_OPEN  # a new window is a new session: tried again, the cap afresh
+    runner.watch()
+    assert (run.state, run.recent) == ("starting", 0)
+    crashed(2)  # and restarted once more within it
 
 
 def test_a_broken_notebook_is_restarted_to_the_cap_then_failed_with_its_error_shown(
