@@ -9,14 +9,15 @@ part. Positions are a snapshot for readers; on start the trader rebuilds them fr
 Schema::
 
     orders(seq, client_id UNIQUE, brain, instrument, kind, target, units, after_ns, status, reason,
-           created_ns, updated_ns)
+           created_ns, updated_ns, stop_loss, take_profit)
         kind: order | target | flatten; target: the wanted position of a target, else NULL;
         status: new (committed, maybe not sent) | sent (and still open then; an order filled at
         once goes from new to filled; one filled in part stays open) | filled (every unit) |
         refused (also an order that expired: a stale decision, its reason says so) | cancelled
         (on request, or the rest of a part-filled order, by the venue; the reason says which) |
         noop (a target already met) | lost (sent, but the broker neither holds nor filled it
-        after a restart)
+        after a restart); stop_loss, take_profit: the order's exit distances from its fill price
+        (NULL: none), from which a replay rebuilds the open trades and their exit prices
     fills(seq, fill_id UNIQUE, client_id -> orders, brain, instrument, units, price, commission,
           time_ns, booked)
         fill_id: the broker's id of the fill (a journal from before partial fills: the client id)
@@ -38,7 +39,7 @@ from typing import Annotated, Any
 import msgspec
 
 from osm.core import wire
-from osm.live.adapters.base import Book
+from osm.live.adapters.base import Book, Trade, trade_fill
 
 STATUSES = ("new", "sent", "filled", "refused", "cancelled", "noop", "lost")
 OPEN = ("new", "sent")
@@ -58,7 +59,9 @@ CREATE TABLE IF NOT EXISTS orders (
     status TEXT NOT NULL CHECK (status IN {STATUSES}),
     reason TEXT NOT NULL DEFAULT '',
     created_ns INTEGER NOT NULL,
-    updated_ns INTEGER NOT NULL
+    updated_ns INTEGER NOT NULL,
+    stop_loss REAL,
+    take_profit REAL
 )"""
 _FILLS = """
 CREATE TABLE IF NOT EXISTS fills (
@@ -97,6 +100,7 @@ class Recovered:
     books: dict[str, Book] = field(default_factory=dict)
     brain_units: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     balance: float = 0.0
+    trades: dict[str, list[Trade]] = field(default_factory=dict)  # open, oldest first
 
 
 class Journal:
@@ -145,6 +149,10 @@ class Journal:
             return  # a new journal
         if "booked" not in fills:  # written before PnL was booked per currency
             self._db.execute("ALTER TABLE fills ADD COLUMN booked REAL")
+        if "stop_loss" not in {row[1] for row in self._db.execute("PRAGMA table_info(orders)")}:
+            # written before the paper broker's exits survived a restart: no order had any
+            for name in ("stop_loss", "take_profit"):
+                self._db.execute(f"ALTER TABLE orders ADD COLUMN {name} REAL")
         orders = self._db.execute("SELECT sql FROM sqlite_master WHERE name = 'orders'").fetchone()
         if "'cancelled'" not in orders[0]:  # written before orders could be cancelled
             self._rebuild("orders", _ORDERS, "*")
@@ -178,10 +186,12 @@ class Journal:
         try:
             self._db.execute(
                 "INSERT INTO orders (client_id, brain, instrument, kind, target, units, after_ns,"
-                " status, reason, created_ns, updated_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " status, reason, created_ns, updated_ns, stop_loss, take_profit)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     order.client_id, order.brain, order.instrument, kind, target, order.units,
-                    order.after_ns, status, reason, now_ns, now_ns,
+                    order.after_ns, status, reason, now_ns, now_ns, order.stop_loss,
+                    order.take_profit,
                 ),
             )  # fmt: skip
         except sqlite3.IntegrityError:
@@ -262,18 +272,30 @@ class Journal:
             " ORDER BY seq"
         ).fetchall()
         return [
-            wire.Order(r["brain"], r["instrument"], r["rest"], r["client_id"], r["after_ns"])
+            wire.Order(
+                r["brain"], r["instrument"], r["rest"], r["client_id"], r["after_ns"],
+                r["stop_loss"], r["take_profit"],
+            )
             for r in rows
-        ]
+        ]  # fmt: skip
 
     def rebuild(self, now_ns: int) -> Recovered:
-        """Replay every fill into positions (rewriting the snapshot) and the account balance."""
+        """Replay every fill into positions (rewriting the snapshot), the account balance and
+        the open trades with their exits (an exit's fill closes its trade: it cannot fire again)."""
         out = Recovered(balance=self.initial_balance)
-        for r in self._db.execute("SELECT * FROM fills ORDER BY seq"):
+        rows = self._db.execute(
+            "SELECT fills.*, orders.stop_loss, orders.take_profit FROM fills"
+            " LEFT JOIN orders ON orders.client_id = fills.client_id ORDER BY fills.seq"
+        )
+        for r in rows:
             book = out.books.setdefault(r["instrument"], Book())
             pnl = book.apply(r["units"], r["price"], r["commission"]) - r["commission"]
             out.balance += pnl if r["booked"] is None else r["booked"]
             out.brain_units[(r["brain"], r["instrument"])] += r["units"]
+            trade_fill(
+                out.trades.setdefault(r["instrument"], []), r["client_id"], r["brain"],
+                r["units"], r["price"], r["time_ns"], r["stop_loss"], r["take_profit"],
+            )  # fmt: skip
         db = self._tx()
         db.execute("DELETE FROM positions")
         for instrument, book in out.books.items():

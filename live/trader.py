@@ -151,7 +151,9 @@ class Trader(Service):
             self.reject(refusal.code, f"{order.client_id} (open at restart): {refusal.text}")
         # A venue's: reconciliation reads its transactions since the last one journaled.
         self.broker.cursor = self._cursor = self.journal.get_meta("broker_cursor") or ""
-        lost = set(self.broker.restore(recovered.books, recovered.balance, open_orders))
+        lost = set(
+            self.broker.restore(recovered.books, recovered.balance, open_orders, recovered.trades)
+        )
         for order in open_orders:
             if order.client_id in lost:
                 reason = "the broker neither holds nor filled it after a restart"

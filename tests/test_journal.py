@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 
 import msgspec
@@ -147,11 +148,22 @@ def test_a_journal_keyed_by_client_id_is_migrated_and_still_refuses_a_repeat(tmp
         assert (old["fill_id"], old["client_id"], old["units"], old["booked"]) == (
             "a", "a", 1000, None,
         )  # fmt: skip
-        book = journal.rebuild(9).books["EUR_USD"]
+        recovered = journal.rebuild(9)
+        book = recovered.books["EUR_USD"]
         assert (book.units, book.average_price) == (1000, pytest.approx(1.1))
+        [trade] = recovered.trades["EUR_USD"]  # an order from before exits were journaled
+        assert (trade.client_id, trade.units) == ("a", 1000)
+        assert math.isnan(trade.stop_loss) and math.isnan(trade.take_profit)
+        [(_, stop_loss, take_profit)] = journal._db.execute(
+            "SELECT client_id, stop_loss, take_profit FROM orders WHERE client_id = 'o'"
+        )
+        assert (stop_loss, take_profit) == (None, None)
+        exits = wire.Order("b", "EUR_USD", 1, "new", 5, stop_loss=1e-3)
+        assert journal.record(exits, "order", "new", 10)  # the columns it lacked
+        assert [o.stop_loss for o in journal.open_orders()] == [None, 1e-3]
         assert not journal.record_fill(fill("a", 1000, 1.1), book, 10)  # journaled already
         journal.mark("o", "cancelled", 11, "cancelled on request")  # a status it lacked
-        assert [o.client_id for o in journal.open_orders()] == []
+        assert [o.client_id for o in journal.open_orders()] == ["new"]
         again = msgspec.structs.replace(fill("a", 1000, 1.1), fill_id="tx-2")
         assert journal.record_fill(again, book, 12)  # a second part of one order is kept
         with pytest.raises(sqlite3.IntegrityError):  # the foreign key survives the rebuild
@@ -159,3 +171,47 @@ def test_a_journal_keyed_by_client_id_is_migrated_and_still_refuses_a_repeat(tmp
         assert journal._db.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
         journal.close()
+
+
+def test_the_open_trades_and_their_exits_are_rebuilt_and_a_journaled_exit_does_not_return(tmp_path):
+    path = tmp_path / "db" / "trader.sqlite"
+    journal = Journal(path, 10_000.0)
+    books: dict[str, Book] = {}
+
+    def trade(order: wire.Order, price: float, cid: str | None = None) -> None:
+        done = wire.Fill(cid or order.client_id, order.brain, order.instrument, order.units, price,
+                         7, 0.0)  # fmt: skip
+        book = books.setdefault(order.instrument, Book())
+        book.apply(done.units, done.price)
+        if cid is not None:  # an exit: the broker's own fill, adopted as the trader does
+            journal.adopt(done, 8)
+        journal.record_fill(done, book, 9)
+
+    try:
+        a = wire.Order("x", "EUR_USD", 1000, "a", 5, stop_loss=1e-3, take_profit=2e-3)
+        b = wire.Order("y", "EUR_USD", 500, "b", 5, stop_loss=5e-4)
+        c = wire.Order("z", "EUR_USD", -300, "c", 5)
+        short = wire.Order("x", "GBP_USD", -100, "d", 5, take_profit=1e-2)
+        for o in (a, b, c, short):
+            journal.record(o, "order", "new", 6)
+        trade(a, 1.1)
+        trade(b, 1.2)
+        trade(c, 1.15)  # closes 300 of the oldest trade, a's
+        trade(wire.Order("y", "EUR_USD", -500, "b", 5), 1.1995, "b/stop_loss")  # b's exit
+        trade(short, 1.3)
+        pending = wire.Order("x", "EUR_USD", 10, "e", 5, stop_loss=1e-3, take_profit=4e-3)
+        journal.record(pending, "order", "new", 6)
+    finally:
+        journal.close()
+    again = Journal(path, 10_000.0)  # a restart
+    try:
+        recovered = again.rebuild(10)
+        [eur], [gbp] = recovered.trades["EUR_USD"], recovered.trades["GBP_USD"]
+        assert (eur.client_id, eur.brain, eur.units, eur.opened_ns) == ("a", "x", 700, 7)
+        assert (eur.stop_loss, eur.take_profit) == (pytest.approx(1.099), pytest.approx(1.102))
+        assert (gbp.client_id, gbp.brain, gbp.units, gbp.opened_ns) == ("d", "x", -100, 7)
+        assert math.isnan(gbp.stop_loss) and gbp.take_profit == pytest.approx(1.29)  # a short's
+        assert sum(t.units for t in recovered.trades["EUR_USD"]) == recovered.books["EUR_USD"].units
+        assert again.open_orders() == [pending]  # its exits go with it
+    finally:
+        again.close()

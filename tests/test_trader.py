@@ -524,3 +524,33 @@ def test_orders_nothing_could_fill_are_refused_and_open_ones_expire_at_restart(h
         assert harness.event("fill.b1").client_id == "jpy"
     finally:
         harness.close()
+
+
+def test_paper_exits_survive_a_kill_9_and_fire_once_for_their_brain(trader):
+    def send(brain: str, units: int, cid: str, stop_loss: float, take_profit: float) -> None:
+        order = wire.Order(brain, "EUR_USD", units, cid, 0, stop_loss, take_profit)
+        assert trader.request(order).accepted
+
+    trader.tick(T0, 1.2000, 1.2002)
+    send("a", 1_000, "a1", stop_loss=0.0010, take_profit=0.0100)  # stop at 1.1992
+    send("b", 2_000, "b1", stop_loss=0.0050, take_profit=0.0010)  # target at 1.2012
+    trader.event("fill.a"), trader.event("fill.b")
+    trader.tick(T0 + S, 1.1990, 1.1992)  # a's stop: its exit is journaled before the kill
+    exit_a = trader.event("fill.a")
+    assert (exit_a.client_id, exit_a.units) == ("a1/stop_loss", -1_000)
+
+    trader.kill()
+    trader.start()
+    [position] = trader.command("positions")
+    assert (position["units"], position["brains"]) == (2_000, {"b": 2_000})
+    trader.tick(T0 + 2 * S, 1.1980, 1.1982)  # a's stop again: a1 is closed, nothing fires
+    trader.tick(T0 + 3 * S, 1.2013, 1.2015)  # b's target, kept across the restart
+    exit_b = trader.event("fill.b")
+    assert (exit_b.client_id, exit_b.units, exit_b.price) == ("b1/take_profit", -2_000, 1.2013)
+    wait_for(lambda: trader.command("positions")[0]["units"] == 0, TIMEOUT, "flat")
+    fills = [(f["client_id"], f["brain"], f["units"]) for f in trader.command("fills")]
+    assert sorted(fills) == [
+        ("a1", "a", 1_000), ("a1/stop_loss", "a", -1_000),
+        ("b1", "b", 2_000), ("b1/take_profit", "b", -2_000),
+    ]  # fmt: skip
+    assert trader.counters().get("fills_adopted") == 1  # b's exit, once, since the restart

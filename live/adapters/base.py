@@ -101,6 +101,58 @@ def mark_to_market(
     return unrealized, margin
 
 
+EXITS = ("stop_loss", "take_profit")  # a trade's exit orders; its closing fill is `<id>/<exit>`
+
+
+@dataclass
+class Trade:
+    """An open trade: the units one fill opened, less what later fills the other way closed
+    (FIFO), with the exit prices of its order's stop-loss and take-profit (NaN: none)."""
+
+    client_id: str
+    brain: str
+    units: int
+    opened_ns: int
+    stop_loss: float = math.nan
+    take_profit: float = math.nan
+
+
+def trade_fill(
+    trades: list[Trade], client_id: str, brain: str, units: int, price: float, time_ns: int,
+    stop_loss: float | None = None, take_profit: float | None = None,
+) -> None:  # fmt: skip
+    """Apply a fill to one instrument's open `trades` (oldest first), as OANDA's netting does.
+
+    A fill named ``<client id>/stop_loss`` or ``/take_profit`` closes that client id's trade.
+    Any other closes trades oldest first; the units left open a trade whose exits lie the
+    `stop_loss` / `take_profit` price distances from `price`. The paper broker trades this way,
+    and the journal replays its fills this way after a restart, so both hold the same trades.
+    """
+    opener, _, exit_kind = client_id.rpartition("/")
+    if exit_kind in EXITS:
+        for trade in trades:
+            if trade.client_id == opener:
+                trades.remove(trade)
+                return
+    remaining = units
+    for trade in trades:
+        if remaining and (trade.units > 0) != (remaining > 0):
+            closed = min(abs(remaining), abs(trade.units))
+            side = 1 if trade.units > 0 else -1
+            trade.units -= side * closed
+            remaining += side * closed
+    trades[:] = [t for t in trades if t.units]
+    if remaining:
+        side = 1 if remaining > 0 else -1
+        trades.append(
+            Trade(
+                client_id, brain, remaining, time_ns,
+                math.nan if stop_loss is None else price - side * stop_loss,
+                math.nan if take_profit is None else price + side * take_profit,
+            )
+        )  # fmt: skip
+
+
 class Ended(NamedTuple):
     """An order that ended without filling in full: the journal marks it `status` ("refused":
     expired or refused by the venue; "cancelled") and counts it as `code`."""
@@ -140,10 +192,16 @@ class Broker(Protocol):
         """Fills that happened since the last call, in the order they happened."""
 
     def restore(
-        self, books: dict[str, Book], balance: float, open_orders: list[wire.Order]
+        self,
+        books: dict[str, Book],
+        balance: float,
+        open_orders: list[wire.Order],
+        trades: Mapping[str, list[Trade]] | None = None,
     ) -> list[str]:
-        """Adopt the state journaled before a restart; return client ids of open orders the
-        broker neither holds nor filled, which the trader marks lost."""
+        """Adopt the state journaled before a restart (`trades`: the open trades per instrument
+        with their exits, as the journal's fills left them; a venue keeps its own); return
+        client ids of open orders the broker neither holds nor filled, which the trader marks
+        lost."""
 
     def positions(self) -> list[wire.Position]:
         """Every instrument held or traded, with unrealised PnL at the last quote."""

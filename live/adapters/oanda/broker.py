@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from osm.core import wire
 from osm.core.config import TraderConfig
 from osm.core.dtypes import valid_quotes
 from osm.core.errors import ConfigError
-from osm.live.adapters.base import Book, Broker, Ended, mark_to_market, rate
+from osm.live.adapters.base import Book, Broker, Ended, Trade, mark_to_market, rate
 from osm.live.adapters.oanda import parsing as P
 from osm.live.adapters.oanda.config import OandaConfig, load_token
 from osm.live.adapters.oanda.execution import OandaExecution
@@ -143,9 +143,14 @@ class OandaBroker(Broker):
         return expired
 
     def restore(
-        self, books: dict[str, Book], balance: float, open_orders: list[wire.Order]
+        self,
+        books: dict[str, Book],
+        balance: float,
+        open_orders: list[wire.Order],
+        trades: Mapping[str, list[Trade]] | None = None,
     ) -> list[str]:
-        """Reconcile with the venue (see the module's docstring); return the lost client ids."""
+        """Reconcile with the venue (see the module's docstring); return the lost client ids.
+        The venue keeps its trades and their exits: `trades` is not needed."""
         self._books = {name: dataclasses.replace(book) for name, book in books.items()}
         ex = self._execution
         ex.cursor = self.cursor

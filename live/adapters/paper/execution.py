@@ -15,16 +15,18 @@ expires, and :meth:`PaperBroker.take_expired` hands it back with the reason, onc
 Each fill that opens units opens a trade, as on OANDA; fills the other way close trades oldest
 first. An order's `stop_loss` / `take_profit` distances become its trade's exit prices; the first
 later quote that reaches one (a long's bid, a short's ask) closes the trade at that quote, as a
-fill of the order's brain named ``<client id>/stop_loss`` or ``/take_profit``.
+fill of the order's brain named ``<client id>/stop_loss`` or ``/take_profit``. The journal keeps
+each order's distances, so after a restart the trader hands back the same open trades with the same
+exits, replayed from the fills (:func:`osm.live.adapters.base.trade_fill`, which both use).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,16 @@ from osm.core import wire
 from osm.core.config import TraderConfig
 from osm.core.dtypes import valid_quotes
 from osm.core.instruments import instrument as instrument_spec
-from osm.live.adapters.base import Book, Broker, Ended, Quote, mark_to_market, rate
+from osm.live.adapters.base import (
+    Book,
+    Broker,
+    Ended,
+    Quote,
+    Trade,
+    mark_to_market,
+    rate,
+    trade_fill,
+)
 from osm.live.adapters.paper.config import PaperConfig
 
 _NEVER = np.iinfo(np.int64).min
@@ -123,7 +134,7 @@ class PaperBroker(Broker):
         self.config = config
         self._rings: dict[str, QuoteRing] = {}
         self._books: dict[str, Book] = {}
-        self._trades: dict[str, list[_Trade]] = {}  # open trades per instrument, oldest first
+        self._trades: dict[str, list[Trade]] = {}  # open trades per instrument, oldest first
         self._pending: list[wire.Order] = []  # in submission order, which is fill order
         self._fills: list[wire.Fill] = []
         self._expired: list[Ended] = []
@@ -167,13 +178,21 @@ class PaperBroker(Broker):
         return expired
 
     def restore(
-        self, books: dict[str, Book], balance: float, open_orders: list[wire.Order]
+        self,
+        books: dict[str, Book],
+        balance: float,
+        open_orders: list[wire.Order],
+        trades: Mapping[str, list[Trade]] | None = None,
     ) -> list[str]:
         # The paper broker's book lives in the trader's journal: the open orders are still its own
-        # and fill at the first quote at or after their after_ns that reaches the new process.
+        # and fill at the first quote at or after their after_ns that reaches the new process,
+        # and the open trades (the journal's replay of the fills) close at their exits.
         self._books = copy.deepcopy(books)
-        # Whose trades they were, and their exits, is not journaled: one plain trade each.
-        self._trades = {name: [_Trade("", "", b.units, 0)] for name, b in books.items() if b.units}
+        if trades is None:  # a caller with no trades: each position one trade with no exits
+            trades = {name: [Trade("", "", b.units, 0)] for name, b in books.items() if b.units}
+        self._trades = {
+            name: [dataclasses.replace(t) for t in held] for name, held in trades.items() if held
+        }
         self._balance = balance
         self._pending = list(open_orders)
         return []
@@ -249,25 +268,10 @@ class PaperBroker(Broker):
     def _fill(self, order: wire.Order, time_ns: int, bid: float, ask: float) -> None:
         price = ask if order.units > 0 else bid
         self._book(order.client_id, order.brain, order.instrument, order.units, price, time_ns)
-        trades = self._trades.setdefault(order.instrument, [])
-        remaining = order.units
-        for trade in trades:  # FIFO, as OANDA's netting closes trades
-            if remaining and (trade.units > 0) != (remaining > 0):
-                closed = min(abs(remaining), abs(trade.units))
-                side = 1 if trade.units > 0 else -1
-                trade.units -= side * closed
-                remaining += side * closed
-        trades[:] = [t for t in trades if t.units]
-        if remaining:
-            side = 1 if remaining > 0 else -1
-            sl, tp = order.stop_loss, order.take_profit
-            trades.append(
-                _Trade(
-                    order.client_id, order.brain, remaining, time_ns,
-                    math.nan if sl is None else price - side * sl,
-                    math.nan if tp is None else price + side * tp,
-                )
-            )  # fmt: skip
+        trade_fill(
+            self._trades.setdefault(order.instrument, []), order.client_id, order.brain,
+            order.units, price, time_ns, order.stop_loss, order.take_profit,
+        )  # fmt: skip
 
     def _exits(self, instrument: str, ticks: np.ndarray) -> None:
         """Close the trades whose stop-loss or take-profit these quotes reach, each at the first
@@ -299,7 +303,7 @@ class PaperBroker(Broker):
         for time_ns, price, kind, trade in sorted(hits, key=lambda hit: hit[0]):
             client_id = f"{trade.client_id}/{kind}"
             self._book(client_id, trade.brain, instrument, -trade.units, price, time_ns)
-            trades.remove(trade)
+            trade_fill(trades, client_id, trade.brain, -trade.units, price, time_ns)
 
     def _book(
         self, client_id: str, brain: str, instrument: str, units: int, price: float, time_ns: int
@@ -325,16 +329,3 @@ class PaperBroker(Broker):
                 client_id, brain, instrument, units, price, time_ns, fee, converted, client_id
             )
         )
-
-
-@dataclass
-class _Trade:
-    """An open trade: the units one fill opened, less what later fills the other way closed
-    (FIFO), with the exit prices of its order's stop-loss and take-profit (NaN: none)."""
-
-    client_id: str
-    brain: str
-    units: int
-    opened_ns: int
-    stop_loss: float = math.nan
-    take_profit: float = math.nan
