@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import hmac
 import json
 import logging
@@ -80,6 +81,7 @@ HEALTHY_S = 30.0  # a job beating this long has its restarts toward the cap forg
 BACKOFF_CAP_S = 30.0
 LOG_MAX_BYTES = 10 * 2**20  # a job's log past this size rotates
 LOG_BACKUPS = 3  # rotated generations kept: LOG.1 (newest) to LOG.3
+KEEP_RUNS = 100  # archived runs kept per job; older ones are deleted as a new one starts
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 _CONFIG_ERROR_NAMES = {cls.__name__ for cls in CONFIG_ERRORS} | {"UsageError"}
@@ -282,6 +284,17 @@ def runs_dir(rundir: RunDir, job: str) -> Path:
     return rundir.folder("runs", check_name(job))
 
 
+def prune_runs(folder: Path, keep: int = KEEP_RUNS) -> int:
+    """Delete every file of the archived runs in `folder` but the newest `keep`; return how many
+    runs went. A run is its stamp's files (notebook, parameters, logs, result); others stay."""
+    stamps = sorted(p.stem for p in folder.glob("*.ipynb"))
+    old = stamps[: max(0, len(stamps) - keep)]
+    for stamp in old:
+        for path in folder.glob(f"{glob.escape(stamp)}.*"):
+            path.unlink(missing_ok=True)
+    return len(old)
+
+
 def list_runs(rundir: RunDir, job: str | None = None) -> list[dict[str, Any]]:
     """Every archived run (of `job`, else of all jobs), oldest first."""
     root = rundir.home / "runs"
@@ -461,6 +474,7 @@ class JobRunner:
         job = run.job
         run.opened = run.window.opened if run.window is not None else None  # one try per window
         folder = runs_dir(self.rundir, job.name)
+        prune_runs(folder, KEEP_RUNS - 1)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         run.output = folder / f"{stamp}.ipynb"
         parameters = {**job.parameters, "job": job.name, "home": str(self.rundir.home)}

@@ -27,7 +27,16 @@ from osm.core import wire
 from osm.core.errors import ConfigError
 from osm.core.rundir import RunDir
 from osm.live import cli, jobs
-from osm.live.jobs import HEALTHY_S, Job, JobRunner, JobStore, list_runs, rotate, rotating_handler
+from osm.live.jobs import (
+    HEALTHY_S,
+    Job,
+    JobRunner,
+    JobStore,
+    list_runs,
+    prune_runs,
+    rotate,
+    rotating_handler,
+)
 from osm.live.schedule import FX_WEEK, Window, window, window_at
 from osm.magics import OsmUsageError
 from tests.live_helpers import wait_for
@@ -418,3 +427,17 @@ def test_the_brain_log_rotates_at_its_limit(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b1.log", "b1.log.1", "b1.log.2"]
     assert all(p.stat().st_size <= 1_000 for p in tmp_path.iterdir())
     assert "decision 099" in path.read_text()
+
+
+def test_only_the_newest_runs_are_kept(tmp_path):
+    stamps = [f"20261130T1200{s:02d}.000000Z" for s in range(5)]
+    for stamp in stamps:
+        for suffix in (".ipynb", ".parameters.json", ".log", ".log.1", ".result.json"):
+            (tmp_path / f"{stamp}{suffix}").write_text("x")
+    (tmp_path / "params_schedule.json").write_text("{}")  # not a run's: stays
+    assert prune_runs(tmp_path, keep=2) == 3
+    left = sorted(p.name for p in tmp_path.iterdir())
+    kept = sorted(f"{s}{x}" for s in stamps[-2:] for x in (".ipynb", ".parameters.json", ".log",
+                                                           ".log.1", ".result.json"))  # fmt: skip
+    assert left == sorted([*kept, "params_schedule.json"])
+    assert prune_runs(tmp_path, keep=2) == 0
