@@ -202,8 +202,11 @@ class Trader(Service):
             message.brain, message.instrument, message.units, message.client_id,
             message.after_ns, message.stop_loss, message.take_profit,
         )  # fmt: skip
-        if not message.client_id:
-            text = "client_id must be a non-empty string unique to this order"
+        if not message.client_id or "/" in message.client_id:
+            text = (
+                "client_id must be a non-empty string unique to this order, without '/' (it "
+                f"names a trade's exit: <client id>/stop_loss), got {message.client_id!r}"
+            )
             return self._refuse(order, kind, target, Refusal("bad_order", text), journal=False)
         if not (_fits(message.units) and _fits(message.after_ns)):
             text = (

@@ -232,6 +232,8 @@ def test_refusals_say_why_are_counted_and_the_trader_carries_on(trader):
     assert not trader.command("status")["halted"]  # nothing half-done
     huge = trader.order(2**64 - 1, "huge")  # msgpack carries it; the journal could not
     assert not huge.accepted and "fit in 64 bits" in huge.reason
+    exit_like = trader.order(1_000, "d/stop_loss")  # would read as the exit of d's trade
+    assert not exit_like.accepted and "without '/'" in exit_like.reason
     assert len(trader.command("orders", limit=2)) == 2
 
 

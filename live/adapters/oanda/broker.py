@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import queue
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,10 +45,9 @@ import numpy as np
 from osm.core import wire
 from osm.core.config import TraderConfig
 from osm.core.dtypes import valid_quotes
-from osm.core.errors import ConfigError
 from osm.live.adapters.base import Book, Broker, Ended, Trade, mark_to_market, rate
 from osm.live.adapters.oanda import parsing as P
-from osm.live.adapters.oanda.config import OandaConfig, load_token
+from osm.live.adapters.oanda.config import OandaConfig, load_token, settings
 from osm.live.adapters.oanda.execution import OandaExecution
 
 log = logging.getLogger("osm.oanda")
@@ -65,16 +63,7 @@ _EXITS = {
 
 def oanda_config(config: TraderConfig) -> OandaConfig:
     """The ``trader.adapter`` section as an :class:`OandaConfig`, with the fix when it is wrong."""
-    settings = dict(config.adapter)
-    if "environment" not in settings and os.environ.get("OANDA_ENVIRONMENT"):
-        settings["environment"] = os.environ["OANDA_ENVIRONMENT"]
-    try:
-        return msgspec.convert(settings, OandaConfig)
-    except (msgspec.ValidationError, ConfigError) as exc:
-        raise ConfigError(
-            f"trader.adapter (the oanda broker's settings): {exc}; it takes "
-            f"{', '.join(OandaConfig.__struct_fields__)}"
-        ) from None
+    return settings("trader.adapter", config.adapter)
 
 
 class OandaBroker(Broker):
