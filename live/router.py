@@ -338,23 +338,36 @@ class Router(Service):
         bars, ends = bars[ok], ends[ok]
         if not len(bars):
             return
-        series = book.series[g]
-        have = series.view["time"]
-        if self.store is not None:
-            first, last = int(bars["time"][0]), int(bars["time"][-1])
-            stored = read_bars(self.store.root, book.instrument, granularity, first, last + 1)
-            have = np.concatenate([have, stored["time"]])
-        new = ~np.isin(bars["time"], have)
+        new = ~np.isin(bars["time"], self._known_times(book, g, int(bars["time"][0])))
         self.counters["backfill_known"] += int((~new).sum())
         bars, ends = bars[new].copy(), ends[new]
         if not len(bars):
             return
+        series = book.series[g]
         series.reset(dedupe(join_bars([series.view, bars]))[-series.window :])
         self._closed.append(wire.Bars.of(book.instrument, granularity, bars))
         if ends[-1] > book.last[0]:
             book.last = (int(ends[-1]), float(bars["bid_close"][-1]), float(bars["ask_close"][-1]))
         book.changed = True
         self.counters["bars_backfilled"] += len(bars)
+
+    def _known_times(self, book: _Book, g: int, first: int) -> np.ndarray:
+        """Open times of the closed bars the router has of a series from `first` on: its window,
+        this round's bars not journaled yet, and, for times before the window, the store."""
+        series, key = book.series[g], (book.instrument, self.granularities[g])
+        this_round = [
+            m.array()["time"] for m in self._closed if (m.instrument, m.granularity) == key
+        ]
+        have = [series.view["time"], *this_round]
+        # The window holds every closed bar newer than its first (all of them until it is full):
+        # only older ones need the store (a backfill of recent bars never reads it).
+        if (
+            self.store is not None
+            and len(series) == series.window
+            and first < series.view[0]["time"]
+        ):
+            have.append(self.store.stored(key, first, int(series.view[0]["time"]))["time"])
+        return np.concatenate(have)
 
     def _guard(self, paced: bool) -> Guard:
         if not paced:

@@ -221,15 +221,25 @@ def read_bars(
                 for b in record.closed
                 if (b.instrument, b.granularity) == (instrument, granularity)
             ]
+    stored = _partitions(root, instrument, granularity, start_ns, end_ns)
+    return _between(dedupe(join_bars([*stored, *parts])), start_ns, end_ns)
+
+
+def _partitions(
+    root: Path, instrument: str, granularity: str, start_ns: int | None, end_ns: int | None
+) -> list[np.ndarray]:
+    """The Parquet partitions of a series whose period may hold bars in [start_ns, end_ns)."""
     folder = root / f"instrument={instrument}" / f"granularity={granularity}"
     low = periods(np.array([start_ns]), granularity)[0] if start_ns is not None else ""
     high = periods(np.array([end_ns]), granularity)[0] if end_ns is not None else "~"
-    stored = [
+    return [
         _read_partition(p / "bars.parquet")
         for p in sorted(folder.glob("period=*"))
         if low <= p.name.removeprefix("period=") <= high
     ]
-    bars = dedupe(join_bars([*stored, *parts]))
+
+
+def _between(bars: np.ndarray, start_ns: int | None, end_ns: int | None) -> np.ndarray:
     mask = np.ones(len(bars), bool)
     if start_ns is not None:
         mask &= bars["time"] >= start_ns
@@ -306,6 +316,12 @@ class BarStore:
         """Closed bars of a series that are in the journal only."""
         chunks = [a for arrays in self._pending.get(key, {}).values() for a in arrays]
         return dedupe(join_bars(chunks))
+
+    def stored(self, key: SeriesKey, start_ns: int, end_ns: int) -> np.ndarray:
+        """The closed bars of a series in [start_ns, end_ns) it holds, journaled or in Parquet
+        (what it has in memory, not the journal file: the writer's own view, read cheaply)."""
+        parts = _partitions(self.root, *key, start_ns, end_ns)
+        return _between(dedupe(join_bars([*parts, self.pending(key)])), start_ns, end_ns)
 
     def _absorb(self, record: JournalRecord) -> bool:
         """Fold a record into memory; True if some series has moved past a period."""

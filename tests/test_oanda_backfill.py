@@ -54,28 +54,40 @@ def router(home: Path) -> dict:
     return process(home, "router")["counters"]
 
 
-def candle_bars(fake: FakeV20, granularity: str) -> tuple[np.ndarray, np.ndarray]:
-    """Open times and bid closes of the fake's complete candles."""
+def as_bars(fake: FakeV20, granularity: str) -> np.ndarray:
+    """The fake's complete candles as BAR_DTYPE rows."""
     rows = [c for c in fake.candles[("EUR_USD", granularity)] if c["complete"]]
-    times = np.array([c["time_ns"] for c in rows], np.int64)
-    return times, np.array([float(c["bid"]["c"]) for c in rows])
+    bars = empty_bars(len(rows))
+    bars["time"] = [c["time_ns"] for c in rows]
+    for side in ("bid", "ask"):
+        for key, name in zip("ohlc", ("open", "high", "low", "close"), strict=True):
+            bars[f"{side}_{name}"] = [float(c[side][key]) for c in rows]
+    bars["ticks"], bars["complete"] = [c["volume"] for c in rows], True
+    return bars
 
 
 def test_the_store_is_backfilled_at_start_and_bad_backfills_are_refused(home, fake, system):
     now = time.time_ns()
     minute = now - now % M1
     fake.set_candles("EUR_USD", "M1", minute - 40 * M1, 41)  # 40 complete, this minute's open
-    system("--feed", "oanda", "--speed", "0", "--granularities", "S5", "M1")
-    times, closes = candle_bars(fake, "M1")
-    wait_for(lambda: router(home).get("bars_backfilled", 0) >= len(times), 60, "the backfill")
-    with Client(home, timeout_s=10) as client:
-        bars = client.bars("EUR_USD", "M1", 100)
-    bars = bars[bars["time"] < minute]  # a bar the router closes by the clock may follow
-    np.testing.assert_array_equal(bars["time"], times)
-    np.testing.assert_allclose(bars["bid_close"], closes)
-    assert router(home)["bars_backfilled"] == len(times)
+    feed = {"name": "oanda", "kind": "oanda", "speed": 0}
+    # A window of 10 bars: the start asks the last 10; older bars live in the store only.
+    path = write_config(home, feeds=[feed], router={"granularities": ["S5", "M1"], "history": 10})
+    system("--config", str(path))
+    candles = as_bars(fake, "M1")
+    wait_for(lambda: router(home).get("bars_backfilled", 0) >= 10, 60, "the start's backfill")
 
-    # What a feed could not have sent: each refused and counted; nothing stored changes.
+    def stored(count: int = 100) -> np.ndarray:
+        with Client(home, timeout_s=10) as client:
+            bars = client.bars("EUR_USD", "M1", count)
+        return bars[bars["time"] < minute]  # a bar the router closes by the clock may follow
+
+    np.testing.assert_array_equal(stored(), candles[-10:])
+    assert router(home)["bars_backfilled"] == 10
+
+    # Sent as the feed would (its token): the 30 older bars, then what a feed could not have
+    # sent, each refused and counted, and bars the router has (in its window, in this very
+    # burst, in its store), counted as known and not stored twice.
     context = zmq.Context.instance()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -91,27 +103,30 @@ def test_the_store_is_backfilled_at_start_and_bad_backfills_are_refused(home, fa
     bad["ask_close"][0] = 1.0  # ask below bid
     bad["complete"][3] = False  # still forming at the venue
     # [1] off the minute grid, [2] not over yet; [4] is good
-    known = empty_bars(1)
-    known[0] = bars[-1]
+
+    def backfill(token: str, granularity: str, bars: np.ndarray) -> None:
+        message = wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", granularity, bars))
+        dealer.send_multipart(wire.frames("backfill.EUR_USD", message))
+
     try:
-        for message in (
-            wire.Backfill.of("oanda", "", wire.Bars.of("EUR_USD", "M1", bad)),  # no token
-            wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", "H4", bad)),  # not built
-            wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", "M1", bad)),
-            wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", "M1", known)),
-        ):
-            dealer.send_multipart(wire.frames("backfill.EUR_USD", message))
-        wait_for(lambda: router(home).get("backfill_known", 0) >= 1, 30, "the known bar seen")
+        backfill(token, "M1", candles[:30])
+        backfill(token, "M1", candles[:1])  # known: in this burst, not journaled yet
+        backfill("", "M1", bad)  # no token
+        backfill(token, "H4", bad)  # a granularity the router does not build
+        backfill(token, "M1", bad)
+        backfill(token, "M1", candles[-1:])  # known: in the window
+        wait_for(lambda: router(home).get("backfill_known", 0) >= 2, 30, "the known bars seen")
+        backfill(token, "M1", candles[1:2])  # known: in the store only, not in the window
+        wait_for(lambda: router(home).get("backfill_known", 0) >= 3, 30, "the stored bar seen")
     finally:
         dealer.close()
     counters = router(home)
     assert counters["rejected.forged_feed"] == 1
     assert counters["rejected.backfill"] == 5 + 4  # the H4 message whole, four bad M1 bars
-    assert counters["bars_backfilled"] == len(times) + 1
-    with Client(home, timeout_s=10) as client:
-        after = client.bars("EUR_USD", "M1", 100)
+    assert (counters["bars_backfilled"], counters["backfill_known"]) == (10 + 30 + 1, 3)
+    after = stored()
+    np.testing.assert_array_equal(after[after["time"] != bad["time"][4]], candles)
     assert list(after["time"]).count(int(bad["time"][4])) == 1
-    assert len(np.unique(after["time"])) == len(after)
 
 
 def test_a_stream_gap_is_backfilled_from_candles(home, fake, system, monkeypatch):
@@ -144,7 +159,8 @@ def test_a_stream_gap_is_backfilled_from_candles(home, fake, system, monkeypatch
             return (bars,) if span <= set(bars["time"].tolist()) else None
 
         [bars] = wait_for(complete, 60, "every bar of the gap, backfilled")
-    times, closes = candle_bars(fake, "S5")
+    candles = as_bars(fake, "S5")
+    times, closes = candles["time"], candles["bid_close"]
     assert len(np.unique(bars["time"])) == len(bars)
     from_candles = np.isin(bars["time"], times) & (bars["ticks"] != 1)
     index = np.searchsorted(times, bars["time"][from_candles])
