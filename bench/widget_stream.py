@@ -75,7 +75,7 @@ c = chart("EUR_USD", "S5", strategy="osm.strategies.sma_cross:SmaCross",
 # get the GIL (and a core) back; with the chart, also the follower's stretches: a drain of the
 # subscription, a hand-over to the chart.
 WATCH = """
-import threading, time, json
+import json, os, threading, time
 _probe = {"late": [], "drain": [], "hand": []}
 _stop_probe = threading.Event()
 def _watch():
@@ -84,9 +84,24 @@ def _watch():
         time.sleep(0.001)
         _probe["late"].append(time.perf_counter() - t - 0.001)
 threading.Thread(target=_watch, name="probe", daemon=True).start()
+_cpu0 = {}, time.monotonic()
+def _thread_cpu():
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for t in threading.enumerate():
+        try:
+            fields = open(f"/proc/self/task/{t.native_id}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[t.name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 def _stats():
     import numpy as np
-    out = {}
+    global _cpu0
+    cpu, now = _thread_cpu(), time.monotonic()
+    out = {"thread_cpu_pct": {k: round(100 * (v - _cpu0[0].get(k, 0)) / (now - _cpu0[1]), 1)
+                              for k, v in cpu.items()}}
+    _cpu0 = cpu, now
     for k, v in _probe.items():
         a = np.array(v) * 1e3
         if len(a):
@@ -220,6 +235,7 @@ def run(
     folder: Path,
     probe: bool = False,
     switch_interval: float | None = None,
+    setup: str = "",
 ) -> dict[str, Any]:
     home = folder / "home"
     log(f"osm up in {home} (synthetic, speed {speed}, S5)")
@@ -239,6 +255,8 @@ def run(
         probes: dict[str, Any] = {}
         if probe:
             bench.execute(WATCH)
+        if setup:
+            bench.execute(setup)
         # The same execute loop with no chart, the system streaming all the same: what the
         # replay's own processes cost the kernel on these cores.
         log(f"baseline: {baseline:.0f} s of executes without a chart")
@@ -315,6 +333,7 @@ def run(
         "kernel_rss_after_mb": round(rss1, 1),
         "kernel_rss_slope_mb_per_min": round(slope * 60, 2),
         "switch_interval_s": switch_interval,
+        "setup": setup,
         **({"probe_ms_n_p50_p99_max": probes} if probe else {}),
         "browser": "not measured",
         "goals": GOALS,
@@ -341,12 +360,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--switch-interval", type=float, help="the kernel's sys.setswitchinterval (seconds)"
     )
+    parser.add_argument("--setup", default="", help="code the kernel runs before the baseline")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="osm-widget-bench-"))
     try:
         result = run(
             args.seconds, args.every, args.warmup, args.speed, args.baseline, folder,
-            args.probe, args.switch_interval,
+            args.probe, args.switch_interval, args.setup,
         )  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)

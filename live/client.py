@@ -486,6 +486,7 @@ class Follower:
         self.merge = BarMerge(granularity, count, client.alignment(), only_last)
         self.error: BaseException | None = None
         self.batches_sent = 0
+        self.drains = 0  # passes that read the subscription
         self._client = client
         self._endpoints = client.endpoints()  # SystemNotRunning here, in the caller's thread
         self._sink = sink
@@ -601,6 +602,14 @@ class Follower:
             read = self._drain(sub, held, closed_topic, forming_topic) if sub in events else 0
             if read and read < DRAIN_MAX:
                 next_drain = time.monotonic() + DRAIN_GAP_S
+                # Caught up, and what was read waits for the next hand-over anyway: leave the
+                # subscription until then and read what came meanwhile in one pass. A flood is
+                # read about twice per hand-over instead of every DRAIN_GAP_S, each pass waking
+                # this thread and taking the GIL from the kernel's. A quiet stream is read as
+                # it comes, so a bar after a rest is handed at once, as before.
+                if self.merge.warm and held:
+                    next_drain = max(next_drain, next_flush)
+            self.drains += bool(read)
             if history in events:
                 answer, *parts = history.recv_multipart()
                 topic, message = self._parse(parts)

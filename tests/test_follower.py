@@ -344,3 +344,23 @@ def test_held_bars_stay_bounded_and_count_what_they_skip():
 def test_poll_timeout_rounds_a_short_wait_up_not_to_zero():
     # A timeout of 0 returns at once: the follower would spin until its deadline.
     assert [poll_ms(s) for s in (0.0, 0.0004, 0.001, 0.0101, 2.0)] == [0, 1, 1, 11, 2000]
+
+
+def test_a_flood_is_read_about_twice_per_hand_over(home, system):
+    # Flat out the router publishes thousands of bar messages a second; the follower hands 10
+    # batches a second. Reading the subscription every DRAIN_GAP_S (10 ms) woke the thread
+    # about five times per batch; what is read between two hand-overs only waits for the next.
+    system("--speed", "0", "--start", "2024-03-05T00:00:00Z", "--granularities", "S5")
+    with Client(home) as client:
+        got: list[np.ndarray] = []
+        follower = client.follow(
+            "EUR_USD", "S5", count=500, sink=lambda b: got.append(b.bars.copy()), hz=10,
+            only_last=True,
+        )  # fmt: skip
+        wait_for(lambda: follower.batches_sent >= 30, 60, "30 batches from a flood")
+        follower.stop()
+    assert follower.error is None
+    times = np.concatenate(got)["time"]
+    assert np.all(np.diff(times) > 0), "a bar came twice or out of order"
+    assert sum(len(b) for b in got) > 3_000, "not a flood: the test shows nothing"
+    assert follower.drains <= 3 * follower.batches_sent
