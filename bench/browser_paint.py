@@ -110,11 +110,12 @@ c.close()  # the 2,000-candle charts are drawn alone
 """
 
 # Installed once per figure; window[key].paints collects [closed candles, painted at, first
-# mutation at, frame at] (ms, wall clock); window[key].moved counts SVG attributes set.
+# mutation at, frame at] (ms, wall clock); window[key].moved counts SVG attributes set, .by per
+# element tag, class and attribute.
 OBSERVE = """
 ([selector, key]) => {
   const svg = document.querySelector(selector);
-  const state = (window[key] = {paints: [], last: -1, queued: false, moved: 0});
+  const state = (window[key] = {paints: [], last: -1, queued: false, moved: 0, by: {}});
   const now = () => performance.timeOrigin + performance.now();
   const candles = () => {  // sub-paths of the candle mark's body paths: one per closed candle
     let n = 0;
@@ -134,7 +135,12 @@ OBSERVE = """
     channel.port2.postMessage(null);
   };
   new MutationObserver((records) => {
-    for (const r of records) if (r.type === 'attributes') state.moved += 1;
+    for (const r of records) {
+      if (r.type !== 'attributes') continue;
+      state.moved += 1;
+      const t = r.target, at = `${t.tagName}.${t.getAttribute('class') || ''}@${r.attributeName}`;
+      state.by[at] = (state.by[at] || 0) + 1;
+    }
     if (!state.queued) { state.queued = true; state.mutated = now(); requestAnimationFrame(frame); }
   }).observe(svg, {childList: true, subtree: true, attributes: true});
   state.last = candles();
@@ -261,6 +267,7 @@ def run(seconds: float, rate: float, hz: float | None, repeats: int, folder: Pat
                 time.sleep(seconds)
                 paints = page.evaluate("window.__live.paints")
                 moved = page.evaluate("window.__live.moved")
+                moved_by = page.evaluate("window.__live.by")
                 busy = {k: round((v - before[k]) / seconds, 3) for k, v in metrics(cdp).items()}
                 log(f"browser busy, seconds a second: {busy}")
                 run_cell(page, 2)
@@ -296,6 +303,8 @@ def run(seconds: float, rate: float, hz: float | None, repeats: int, folder: Pat
     result = summarise(start, paints, published, chart, draws, lab_log, seconds, rate, hz)
     result["browser_busy_s_per_s"] = busy
     result["svg_attributes_set_per_s"] = round(moved / seconds)
+    top = sorted(moved_by.items(), key=lambda kv: -kv[1])[:12]
+    result["svg_attributes_by_element_per_s"] = {k: round(v / seconds, 1) for k, v in top}
     return result
 
 

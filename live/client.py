@@ -599,7 +599,11 @@ class Follower:
             events = dict((all_sockets if draining else quiet).poll(poll_ms(wait)))
             if control in events:
                 break
-            read = self._drain(sub, held, closed_topic, forming_topic) if sub in events else 0
+            # A rest that ended during a quiet poll (the subscription was not in it): read now,
+            # so a hand-over due at the same moment takes what came during the rest.
+            rested = not draining and time.monotonic() >= next_drain
+            due = sub in events or rested
+            read = self._drain(sub, held, closed_topic, forming_topic) if due else 0
             if read and read < DRAIN_MAX:
                 next_drain = time.monotonic() + DRAIN_GAP_S
                 # Caught up, and what was read waits for the next hand-over anyway: leave the
