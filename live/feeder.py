@@ -16,8 +16,9 @@ A live source (``live = True``: the market now, not a stream to replay) also fil
 cannot: at start, the last ``router.history`` bars (at most 5,000) of every granularity the router
 builds, and after each gap in its stream, the bars of the gap, from its venue's candles
 (``source.candles``; ``source.gaps`` lists the gaps). They go to the router as ``wire.Backfill``
-on the same socket, one series at a time between batches, and the router keeps the bars it has
-none of (:meth:`osm.live.router.Router._on_backfill`).
+on the same socket. The venue is asked on a thread of the feeder's (:mod:`osm.live.backfill`), so
+its loop never waits on it; the router keeps the bars it has none of
+(:meth:`osm.live.router.Router._on_backfill`).
 
 The supervisor starts a feeder only once the brains trading its instruments are warm (see
 :mod:`osm.live.supervisor`): a replay, at any speed, reaches brains that decide its first bar.
@@ -39,6 +40,7 @@ from osm.core.config import SystemConfig
 from osm.core.errors import ConfigError
 from osm.core.granularity import step_ns
 from osm.core.rundir import RunDir, write_atomic
+from osm.live.backfill import Backfiller, Series
 from osm.live.bus import feed_token
 from osm.live.feeds import open_source
 from osm.live.service import Service
@@ -72,9 +74,9 @@ class Feeder(Service):
         self._exhausted = False
         self._last_progress = self._last_persist = time.monotonic()
         self._anchor: tuple[int, float] | None = None  # (data time, monotonic) of the first send
-        self._backfills: collections.deque[tuple[str, str, int, int]] = collections.deque()
         self._gaps_seen = 0
         self._live = False
+        self._backfiller: Backfiller | None = None
 
     def _fingerprint(self) -> dict[str, Any]:
         return {f: getattr(self.feed, f) for f in _FINGERPRINT_FIELDS}
@@ -102,6 +104,7 @@ class Feeder(Service):
         self.counters["acked"] = self._acked
         self._live = getattr(self.source, "live", False)
         if self._live:
+            self._backfiller = Backfiller(self.source)
             bars = min(self.config.router.history, MAX_BACKFILL_BARS)
             now = time.time_ns()
             self._queue_backfill(lambda step: now - bars * step, now)
@@ -112,24 +115,25 @@ class Feeder(Service):
             step = step_ns(granularity) or 86_400 * 10**9
             start = start_of(step)
             for instrument in self.feed.instruments:
-                self._backfills.append((instrument, granularity, start - start % step, end_ns))
+                self._backfiller.ask(Series(instrument, granularity, start - start % step, end_ns))
 
-    def _backfill_one(self) -> None:
-        """Fetch one queued series from the source's venue and send its bars to the router."""
-        instrument, granularity, start, end = self._backfills.popleft()
-        try:
-            bars = self.source.candles(instrument, granularity, start, end)
-        except ConfigError:
-            raise  # a refused token: the process stops with it, and is not restarted
-        except Exception as exc:  # noqa: BLE001 - the venue's history is a best effort
-            self.counters["backfill_failed"] += 1
-            self.log.warning("backfill of %s %s failed: %s", instrument, granularity, exc)
-            return
-        for first in range(0, len(bars), self.feed.batch):
-            chunk = wire.Bars.of(instrument, granularity, bars[first : first + self.feed.batch])
-            message = wire.Backfill.of(self.name, self.token, chunk)
-            self._send(wire.frames(f"backfill.{instrument}", message))
-        self.counters["bars_backfill_sent"] += len(bars)
+    def _send_backfills(self) -> None:
+        """Send the router the bars of every series fetched since the last round."""
+        for series, outcome in self._backfiller.done():
+            if isinstance(outcome, ConfigError):
+                raise outcome  # a refused token: the process stops with it, not restarted
+            if isinstance(outcome, Exception):  # the venue's history is a best effort
+                self.counters["backfill_failed"] += 1
+                self.log.warning(
+                    "backfill of %s %s failed: %s", series.instrument, series.granularity, outcome
+                )
+                continue
+            for first in range(0, len(outcome), self.feed.batch):
+                rows = outcome[first : first + self.feed.batch]
+                chunk = wire.Bars.of(series.instrument, series.granularity, rows)
+                message = wire.Backfill.of(self.name, self.token, chunk)
+                self._send(wire.frames(f"backfill.{series.instrument}", message))
+            self.counters["bars_backfill_sent"] += len(outcome)
 
     def _on_reply(self, parts: list[bytes]) -> None:
         message = self.expect(parts, wire.Ack, "on the ticks socket")
@@ -169,8 +173,7 @@ class Feeder(Service):
             for gap_start, gap_end in gaps[self._gaps_seen :]:
                 self._queue_backfill(lambda step, since=gap_start: since, gap_end)
             self._gaps_seen = len(gaps)
-        if self._backfills:
-            self._backfill_one()
+            self._send_backfills()
         now = time.monotonic()
         if self._unacked and now - self._last_progress > self.resend_s:
             # Router slow, restarted or a batch lost: resend every unacknowledged batch, in order.
@@ -244,5 +247,7 @@ class Feeder(Service):
         self._persisted, self._last_persist = self._acked, time.monotonic()
 
     def teardown(self) -> None:
+        if self._backfiller is not None:
+            self._backfiller.close()
         if self._acked != self._persisted:
             self._save_state()

@@ -169,8 +169,10 @@ class Router(Service):
 
     def setup(self) -> None:
         self._restore()
-        # The longest batch a feed may send, with room for its names, token and msgpack framing.
-        longest = max(f.batch for f in self.feeds.values()) * TICK_DTYPE.itemsize + 4096
+        # The longest message a feed may send (a batch of ticks, or of backfilled bars), with room
+        # for its names, token and msgpack framing; a longer frame drops its sender.
+        row = max(TICK_DTYPE.itemsize, BAR_DTYPE.itemsize)
+        longest = max(f.batch for f in self.feeds.values()) * row + 4096
         self.ticks_sock = self.bus.bind(zmq.ROUTER, "router_ticks", max_bytes=longest)
         self.pub = self.bus.bind(zmq.XPUB, "router_bars")
         self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
@@ -326,11 +328,16 @@ class Router(Service):
         if bars is None:
             return
         book, g = self.books[message.instrument], self.granularities.index(granularity)
-        times = bars["time"]
-        ends = np.array([next_open(int(t), granularity, self.alignment) for t in times], np.int64)
-        ok = bars["complete"] & ~unusable_bars(bars) & (ends <= time.time_ns())
-        ok &= np.append(True, times[1:] > times[:-1])
-        ok &= opens_of(times, [granularity], self.alignment)[0] == times  # on the bars' grid
+        times, now = bars["time"], time.time_ns()
+        # In time order (after every earlier bar, refused or not), and opened in the past: only
+        # then is a bar's end computed (a time near int64's end would overflow it).
+        earlier = np.maximum.accumulate(np.append(np.iinfo(np.int64).min, times[:-1]))
+        ok = bars["complete"] & ~unusable_bars(bars) & (times > earlier)
+        ok &= (times > 0) & (times < now)
+        ends = np.zeros(len(bars), np.int64)
+        ends[ok] = [next_open(int(t), granularity, self.alignment) for t in times[ok]]
+        ok[ok] = opens_of(times[ok], [granularity], self.alignment)[0] == times[ok]  # on the grid
+        ok &= ends <= now
         if book.f_time[g] != NO_BAR:
             ok &= times < book.f_time[g]
         if not ok.all():

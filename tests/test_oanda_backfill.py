@@ -69,23 +69,24 @@ def as_bars(fake: FakeV20, granularity: str) -> np.ndarray:
 def test_the_store_is_backfilled_at_start_and_bad_backfills_are_refused(home, fake, system):
     now = time.time_ns()
     minute = now - now % M1
-    fake.set_candles("EUR_USD", "M1", minute - 40 * M1, 41)  # 40 complete, this minute's open
+    fake.set_candles("EUR_USD", "M1", minute - 400 * M1, 401)  # 400 complete, this minute's open
     feed = {"name": "oanda", "kind": "oanda", "speed": 0}
-    # A window of 10 bars: the start asks the last 10; older bars live in the store only.
-    path = write_config(home, feeds=[feed], router={"granularities": ["S5", "M1"], "history": 10})
+    # A window of 300 bars: the start asks the last 300, in messages of 256 bars (the feed's
+    # batch, the longest message the router takes); older bars live in the store only.
+    path = write_config(home, feeds=[feed], router={"granularities": ["S5", "M1"], "history": 300})
     system("--config", str(path))
     candles = as_bars(fake, "M1")
-    wait_for(lambda: router(home).get("bars_backfilled", 0) >= 10, 60, "the start's backfill")
+    wait_for(lambda: router(home).get("bars_backfilled", 0) >= 300, 60, "the start's backfill")
 
-    def stored(count: int = 100) -> np.ndarray:
+    def stored(count: int = 1000) -> np.ndarray:
         with Client(home, timeout_s=10) as client:
             bars = client.bars("EUR_USD", "M1", count)
         return bars[bars["time"] < minute]  # a bar the router closes by the clock may follow
 
-    np.testing.assert_array_equal(stored(), candles[-10:])
-    assert router(home)["bars_backfilled"] == 10
+    np.testing.assert_array_equal(stored(), candles[-300:])
+    assert router(home)["bars_backfilled"] == 300
 
-    # Sent as the feed would (its token): the 30 older bars, then what a feed could not have
+    # Sent as the feed would (its token): the 100 older bars, then what a feed could not have
     # sent, each refused and counted, and bars the router has (in its window, in this very
     # burst, in its store), counted as known and not stored twice.
     context = zmq.Context.instance()
@@ -93,23 +94,26 @@ def test_the_store_is_backfilled_at_start_and_bad_backfills_are_refused(home, fa
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(RunDir(home).read_endpoints()["router_ticks"])
     token = feed_token(RunDir(home), "oanda")
-    bad = empty_bars(5)
-    bad["time"] = [minute - 50 * M1, minute - 49 * M1 + 7, minute + 5 * M1, minute - 48 * M1,
-                   minute - 47 * M1]  # fmt: skip
+    router_pid = process(home, "router")["pid"]
+    bad = empty_bars(8)
+    old = minute - 500 * M1
+    bad["time"] = [old, old + M1 + 7, old + 2 * M1, old + 3 * M1, old + 5 * M1, old + 4 * M1,
+                   minute + 5 * M1, 2**63 - 1]  # fmt: skip
     for field in bad.dtype.names[1:9]:
         bad[field] = 1.1
     bad["ask_low"] = bad["ask_open"] = bad["ask_close"] = bad["ask_high"] = 1.1002
     bad["complete"] = True
     bad["ask_close"][0] = 1.0  # ask below bid
-    bad["complete"][3] = False  # still forming at the venue
-    # [1] off the minute grid, [2] not over yet; [4] is good
+    bad["complete"][2] = False  # still forming at the venue
+    # [1] off the minute grid, [5] before the bar preceding it, [6] not over yet, [7] at the end
+    # of time; [3] and [4] are good
 
     def backfill(token: str, granularity: str, bars: np.ndarray) -> None:
         message = wire.Backfill.of("oanda", token, wire.Bars.of("EUR_USD", granularity, bars))
         dealer.send_multipart(wire.frames("backfill.EUR_USD", message))
 
     try:
-        backfill(token, "M1", candles[:30])
+        backfill(token, "M1", candles[:100])
         backfill(token, "M1", candles[:1])  # known: in this burst, not journaled yet
         backfill("", "M1", bad)  # no token
         backfill(token, "H4", bad)  # a granularity the router does not build
@@ -122,11 +126,13 @@ def test_the_store_is_backfilled_at_start_and_bad_backfills_are_refused(home, fa
         dealer.close()
     counters = router(home)
     assert counters["rejected.forged_feed"] == 1
-    assert counters["rejected.backfill"] == 5 + 4  # the H4 message whole, four bad M1 bars
-    assert (counters["bars_backfilled"], counters["backfill_known"]) == (10 + 30 + 1, 3)
+    assert counters["rejected.backfill"] == 8 + 6  # the H4 message whole, six bad M1 bars
+    assert (counters["bars_backfilled"], counters["backfill_known"]) == (300 + 100 + 2, 3)
     after = stored()
-    np.testing.assert_array_equal(after[after["time"] != bad["time"][4]], candles)
-    assert list(after["time"]).count(int(bad["time"][4])) == 1
+    good = bad[[3, 4]]
+    np.testing.assert_array_equal(after[~np.isin(after["time"], good["time"])], candles)
+    np.testing.assert_array_equal(after[np.isin(after["time"], good["time"])], good)
+    assert process(home, "router")["pid"] == router_pid  # nothing of it crashed the router
 
 
 def test_a_stream_gap_is_backfilled_from_candles(home, fake, system, monkeypatch):
