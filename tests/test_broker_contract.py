@@ -163,6 +163,18 @@ def test_a_stop_loss_closes_the_brains_trade_and_the_fill_is_the_brains(venue):
     assert [p.units for p in venue.broker.positions()] == [0] and venue.fills(1) == []
 
 
+def test_an_exit_that_would_be_a_price_below_zero_is_refused_not_raised(venue):
+    if venue.fake is None:
+        pytest.skip("the paper broker places exits at its fill: one below zero is never reached")
+    venue.quote(1.10000, 1.10020)
+    order = wire.Order("b", "EUR_USD", -1000, "b-pips", venue.clock, take_profit=20.0)
+    venue.broker.submit(order)  # 20 meant as pips: the target of a short at -18.9
+    [ended] = venue.broker.take_expired()
+    assert (ended.order.client_id, ended.code) == ("b-pips", "bad_order")
+    assert "take_profit" in ended.reason and "distance in price units" in ended.reason
+    assert venue.fake.orders == {} and venue.fills(1) == []
+
+
 def wait_for(predicate, what: str, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

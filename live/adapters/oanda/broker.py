@@ -106,6 +106,16 @@ class OandaBroker(Broker):
                 distance = getattr(order, name)
                 if distance is not None:
                     exits[name] = price + sign * side * distance
+            bad = {k: v for k, v in exits.items() if v is not None and not v > 0}
+            if bad:
+                why = (
+                    f"{', '.join(bad)} at {order.instrument} {price} would be a price of "
+                    f"{', '.join(f'{v:.5g}' for v in bad.values())}: give a distance in price "
+                    "units (0.0020 is 20 pips on EUR_USD), smaller than the price"
+                )
+                self._pending.pop(order.client_id)
+                self._expired.append(Ended(order, why, code="bad_order"))
+                return
         self._execution.submit(order, **exits)
 
     def on_quotes(self, instrument: str, ticks: np.ndarray) -> int:
