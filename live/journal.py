@@ -157,7 +157,12 @@ class Journal:
         if "'cancelled'" not in orders[0]:  # written before orders could be cancelled
             self._rebuild("orders", _ORDERS, "*")
         if "fill_id" not in fills:  # written when fills were keyed by client id (one per order)
-            columns = "seq, client_id, client_id, brain, instrument, units, price, commission, "
+            # A venue's own fill (venue-<transaction id>) is keyed by its transaction id, as the
+            # broker now names it: read again after the upgrade, it is known.
+            fill_id = (
+                "CASE WHEN client_id LIKE 'venue-%' THEN substr(client_id, 7) ELSE client_id END"
+            )
+            columns = f"seq, {fill_id}, client_id, brain, instrument, units, price, commission, "
             self._rebuild("fills", _FILLS, columns + "time_ns, booked")
 
     def _rebuild(self, table: str, create: str, columns: str) -> None:
@@ -241,7 +246,7 @@ class Journal:
         except sqlite3.IntegrityError:
             db.execute("ROLLBACK")
             # Asked only on failure, so a fill costs no extra query: a repeat, or no such order.
-            if self.has_fill(fill_id):
+            if self.fill_owner(fill_id) is not None:
                 return False
             raise
         except BaseException:
@@ -250,12 +255,13 @@ class Journal:
         db.execute("COMMIT")
         return True
 
-    def has_fill(self, fill_id: str) -> bool:
-        """Whether a fill with this id (the broker's; the client id for older ones) is journaled."""
-        return (
-            self._db.execute("SELECT 1 FROM fills WHERE fill_id = ?", (fill_id,)).fetchone()
-            is not None
-        )
+    def fill_owner(self, fill_id: str) -> tuple[str, str] | None:
+        """(client id, brain) of the journaled fill with this id (the broker's; the client id
+        for older ones, the transaction id for a venue's), None if none is."""
+        row = self._db.execute(
+            "SELECT client_id, brain FROM fills WHERE fill_id = ?", (fill_id,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def _write_position(self, instrument: str, book: Book, now_ns: int) -> None:
         self._db.execute(

@@ -96,7 +96,7 @@ class Trader(Service):
         self._decided: dict[tuple[str, str], int] = {}  # newest target's after_ns per brain
         self._cursor = ""  # the broker's transaction cursor as last persisted
         self.broker.expiry = self._deadline
-        self.broker.journaled = self.journal.has_fill
+        self.broker.journaled = self.journal.fill_owner
         self._recover()
         self._next_positions = 0.0
         self._requests = self.bus.bind(zmq.ROUTER, "trader_orders")

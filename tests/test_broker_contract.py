@@ -198,7 +198,7 @@ def test_a_fill_the_journal_holds_read_again_after_a_restart_changes_nothing(mon
         cursor = str(int(first.fill_id) - 1)
         venue.broker = brokers.create(venue.broker_config)
         venue.broker.cursor = cursor
-        venue.broker.journaled = {first.fill_id}.__contains__
+        venue.broker.journaled = {first.fill_id: (first.client_id, first.brain)}.get
         rest = wire.Order("b", "EUR_USD", 700, "b-part", venue.clock)  # the journal's open order
         lost = venue.broker.restore({"EUR_USD": Book(300, first.price)}, 100_000.0, [rest])
         assert lost == [] and venue.broker.take_fills() == []  # the repeat is not reported

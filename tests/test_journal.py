@@ -173,6 +173,22 @@ def test_a_journal_keyed_by_client_id_is_migrated_and_still_refuses_a_repeat(tmp
         journal.close()
 
 
+def test_a_venue_fill_of_an_old_journal_is_known_by_its_transaction_id(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # a stop-loss adopted before fills had ids
+        db.executescript(OLD_SCHEMA)
+        db.execute("INSERT INTO orders VALUES (3, 'venue-77', 'venue', 'EUR_USD', 'order', NULL,"
+                   " -1000, 0, 'filled', 'adopted', 1, 2)")  # fmt: skip
+        db.execute("INSERT INTO fills VALUES (2, 'venue-77', 'venue', 'EUR_USD', -1000, 1.09,"
+                   " 0.0, 8)")  # fmt: skip
+    journal = Journal(path, 10_000.0)
+    try:
+        assert journal.fill_owner("77") == ("venue-77", "venue")  # as a broker names it now
+        assert journal.fill_owner("a") == ("a", "b") and journal.fill_owner("venue-77") is None
+    finally:
+        journal.close()
+
+
 def test_the_open_trades_and_their_exits_are_rebuilt_and_a_journaled_exit_does_not_return(tmp_path):
     path = tmp_path / "db" / "trader.sqlite"
     journal = Journal(path, 10_000.0)

@@ -198,8 +198,9 @@ def test_after_an_outage_the_trader_reconciles_adopting_what_happened_and_haltin
     assert trader(home).get("fills_adopted", 0) == 1
 
 
+@pytest.mark.parametrize("while_down", [False, True], ids=["running", "while_down"])
 def test_a_stop_loss_on_a_brains_order_fires_and_the_closing_fill_is_that_brains(
-    home, fake, system
+    home, fake, system, while_down
 ):
     path = config(home, fake)
     settings = json.loads(path.read_text())
@@ -213,7 +214,13 @@ def test_a_stop_loss_on_a_brains_order_fires_and_the_closing_fill_is_that_brains
         wait_for(lambda: journal_units(home) == 1500, 30, "the order filled")
         [trade] = fake.trades
         assert trade["clientExtensions"]["id"] == "b7-1" and "stopLossOrder" in trade
+        if not while_down:
+            fake.trigger_stop_loss(trade["id"])
+    if while_down:  # the exit is read at the restart, from the journal's record of the trade
+        assert osm(home, "down").returncode == 0
         fake.trigger_stop_loss(trade["id"])
+        system("--config", str(path))
+    with Client(home, timeout_s=10) as client:
         wait_for(lambda: journal_units(home) == 0 == fake.net_units("EUR_USD"), 30, "stopped out")
         [position] = client.positions()
         fills = {f["client_id"]: (f["brain"], f["units"]) for f in client.fills()}

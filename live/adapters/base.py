@@ -171,16 +171,17 @@ class Broker(Protocol):
     fills up to it are journaled and hands back before :meth:`restore`; `halt_reason` is set by
     a broker that found a difference it cannot explain (the trader halts and clears it);
     `expiry`, set by the trader, gives each order the last market instant it may fill at (None:
-    whenever), for a broker that lets decisions expire; `journaled`, set by the trader, says
-    whether the journal holds a fill id already, for a broker that may read a fill again (a
-    venue's transactions after a restart): it books only what the journal does not hold, so
-    its books are the journal's and a repeat changes nothing.
+    whenever), for a broker that lets decisions expire; `journaled`, set by the trader, gives
+    the (client id, brain) of the journaled fill with a fill id, None if none is, for a broker
+    that may read a fill again (a venue's transactions after a restart): it books only what
+    the journal does not hold, so its books are the journal's and a repeat changes nothing, and
+    it finds whose trade a fill it never saw opened.
     """
 
     cursor: str = ""
     halt_reason: str | None = None
     expiry: Callable[[wire.Order], int | None]  # set by the trader before restore
-    journaled: Callable[[str], bool]  # set by the trader before restore
+    journaled: Callable[[str], tuple[str, str] | None]  # set by the trader before restore
 
     def submit(self, order: wire.Order) -> None:
         """Send a market order; its fill comes back through :meth:`take_fills`."""

@@ -84,8 +84,8 @@ class OandaBroker(Broker):
         self.currency = "USD"  # the account's, from the venue at restore
         self._balance = math.nan
         self.reconciliations = 0  # with the venue: at start, and after every outage
-        # Whether the journal holds a fill id; the trader sets it (see Broker): nothing, alone.
-        self.journaled: Callable[[str], bool] = lambda fill_id: False
+        # The owner of a journaled fill id; the trader sets it (see Broker): nothing, alone.
+        self.journaled: Callable[[str], tuple[str, str] | None] = lambda fill_id: None
         self._execution = OandaExecution(self.oanda, load_token(), self._events.put)
 
     # -- the Broker contract ----------------------------------------------------------------------
@@ -258,8 +258,17 @@ class OandaBroker(Broker):
         self._pending.pop(client_id, None)
         return self._filled.pop(client_id, 0)
 
+    def _owner(self, trade_id: str) -> tuple[str, str] | None:
+        """(client id, brain) of ours that opened a trade: known since it opened (or was open at
+        the start), else from the journal (a trade that opened and closed while the trader was
+        down: OANDA's trade id is its opening fill's transaction id)."""
+        owner = self._owners.get(trade_id) or self.journaled(trade_id)
+        if owner is None or owner[1] == VENUE or "/" in owner[0]:
+            return None  # not a trade of ours, or a fill that closed one
+        return owner
+
     def _fill(self, event: P.OrderEvent, order: wire.Order | None) -> None:
-        if self.journaled(event.transaction_id):
+        if self.journaled(event.transaction_id) is not None:
             # Read again after a restart (the cursor persisted lags the fill by one poll): the
             # journal has it, and so the books restored from it. Counted here, it would make the
             # books differ from the venue's and halt trading on nothing.
@@ -271,7 +280,7 @@ class OandaBroker(Broker):
             log.info("fill %s of %s: the order is no longer open", event.transaction_id,
                      event.client_id)  # fmt: skip
             return
-        owner = next((self._owners[t] for t in event.trade_ids if t in self._owners), None)
+        owner = next(filter(None, map(self._owner, event.trade_ids)), None)
         if order is not None:
             client_id, brain = event.client_id, order.brain
             self._filled[client_id] = self._filled.get(client_id, 0) + event.units
