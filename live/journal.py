@@ -189,16 +189,7 @@ class Journal:
     ) -> bool:
         """Commit an order's intent (or its refusal); False if its client id is already known."""
         try:
-            self._db.execute(
-                "INSERT INTO orders (client_id, brain, instrument, kind, target, units, after_ns,"
-                " status, reason, created_ns, updated_ns, stop_loss, take_profit)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    order.client_id, order.brain, order.instrument, kind, target, order.units,
-                    order.after_ns, status, reason, now_ns, now_ns, order.stop_loss,
-                    order.take_profit,
-                ),
-            )  # fmt: skip
+            self._insert_order(order, kind, status, now_ns, target, reason)
         except sqlite3.IntegrityError:
             return False
         return True
@@ -207,11 +198,24 @@ class Journal:
         row = self._db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
         return dict(row) if row else None
 
-    def adopt(self, fill: wire.Fill, now_ns: int) -> None:
-        """Journal the order behind a fill the broker reports and nobody here sent."""
-        order = wire.Order(fill.brain, fill.instrument, fill.units, fill.client_id, fill.time_ns)
-        reason = "adopted: a fill of the broker's own (stop-loss, take-profit or manual trade)"
-        self.record(order, "order", "new", now_ns, reason=reason)
+    def _insert_order(
+        self,
+        order: wire.Order,
+        kind: str,
+        status: str,
+        now_ns: int,
+        target: int | None = None,
+        reason: str = "",
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO orders (client_id, brain, instrument, kind, target, units, after_ns,"
+            " status, reason, created_ns, updated_ns, stop_loss, take_profit)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                order.client_id, order.brain, order.instrument, kind, target, order.units,
+                order.after_ns, status, reason, now_ns, now_ns, order.stop_loss, order.take_profit,
+            ),
+        )  # fmt: skip
 
     def mark(self, client_id: str, status: str, now_ns: int, reason: str = "") -> None:
         self._db.execute(
@@ -219,16 +223,25 @@ class Journal:
             (status, reason, now_ns, client_id),
         )
 
-    def record_fill(self, fill: wire.Fill, book: Book, now_ns: int) -> bool:
+    def record_fill(self, fill: wire.Fill, book: Book, now_ns: int, adopt: bool = False) -> bool:
         """Commit a fill, its order's status and the position after it in one transaction.
 
         The order is filled once its fills add up to its units; until then it stays open. Return
         False (and change nothing) if this fill (its `fill_id`, else its client id) is journaled
-        already; raise IntegrityError for a fill of an order that was never journaled.
+        already; raise IntegrityError for a fill of an order that was never journaled. With
+        `adopt`, the fill is one the broker made and nobody here sent (a stop-loss, a take-profit,
+        a trade placed by hand): its order is journaled with it, in the same transaction, so a
+        kill between the two cannot leave an open order behind to be sent again.
         """
         fill_id = fill.fill_id or fill.client_id
         db = self._tx()
         try:
+            if adopt:
+                order = wire.Order(
+                    fill.brain, fill.instrument, fill.units, fill.client_id, fill.time_ns
+                )
+                why = "adopted: a fill of the broker's own (stop-loss, take-profit or manual trade)"
+                self._insert_order(order, "order", "new", now_ns, reason=why)
             db.execute(
                 "INSERT INTO fills (fill_id, client_id, brain, instrument, units, price,"
                 " commission, time_ns, booked) VALUES (?,?,?,?,?,?,?,?,?)",

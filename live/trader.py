@@ -392,15 +392,16 @@ class Trader(Service):
             try:
                 recorded = self.journal.record_fill(fill, book, now_ns())
             except sqlite3.IntegrityError:
-                # No order of ours: the venue's own (a stop-loss, a take-profit, a trade placed
+                if self.journal.lookup(fill.client_id) is not None:
+                    raise  # the order is there: not a fill to adopt, a fault to crash on
+                # No order of ours: the broker's own (a stop-loss, a take-profit, a trade placed
                 # by hand). It is the account's position all the same, so it is journaled.
-                self.journal.adopt(fill, now_ns())
+                recorded = self.journal.record_fill(fill, book, now_ns(), adopt=True)
                 self.counters["fills_adopted"] += 1
-                self.log.warning(
+                self.log.info(
                     "adopted a fill of no order of ours: %s %+d %s at %s",
                     fill.client_id, fill.units, fill.instrument, fill.price,
                 )  # fmt: skip
-                recorded = self.journal.record_fill(fill, book, now_ns())
             if not recorded:
                 self.reject("duplicate_fill", f"{fill.client_id} ({fill.fill_id})")
                 continue

@@ -189,6 +189,22 @@ def test_a_venue_fill_of_an_old_journal_is_known_by_its_transaction_id(tmp_path)
         journal.close()
 
 
+def test_an_adopted_fill_and_its_order_are_journaled_together_or_not_at_all(tmp_path):
+    journal = Journal(tmp_path / "trader.sqlite", 10_000.0)
+    try:
+        exit_fill = wire.Fill("a/stop_loss", "x", "EUR_USD", -1000, 1.09, 7, fill_id="tx-9")
+        assert journal.record_fill(exit_fill, Book(), 8, adopt=True)
+        assert [(o["client_id"], o["status"]) for o in journal.orders()] == [
+            ("a/stop_loss", "filled")
+        ]
+        again = msgspec.structs.replace(exit_fill, client_id="a/take_profit")  # same fill id
+        assert not journal.record_fill(again, Book(), 9, adopt=True)  # a repeat: nothing at all
+        assert [o["client_id"] for o in journal.orders()] == ["a/stop_loss"]
+        assert journal.open_orders() == []  # no adopted order left open to be sent
+    finally:
+        journal.close()
+
+
 def test_the_open_trades_and_their_exits_are_rebuilt_and_a_journaled_exit_does_not_return(tmp_path):
     path = tmp_path / "db" / "trader.sqlite"
     journal = Journal(path, 10_000.0)
@@ -199,9 +215,8 @@ def test_the_open_trades_and_their_exits_are_rebuilt_and_a_journaled_exit_does_n
                          7, 0.0)  # fmt: skip
         book = books.setdefault(order.instrument, Book())
         book.apply(done.units, done.price)
-        if cid is not None:  # an exit: the broker's own fill, adopted as the trader does
-            journal.adopt(done, 8)
-        journal.record_fill(done, book, 9)
+        # An exit is the broker's own fill, adopted (its order journaled with it).
+        assert journal.record_fill(done, book, 9, adopt=cid is not None)
 
     try:
         a = wire.Order("x", "EUR_USD", 1000, "a", 5, stop_loss=1e-3, take_profit=2e-3)
