@@ -236,7 +236,8 @@ def test_explore_notebook_in_jupyterlab(lab, system, home, page, tmp_path):
     with Client(home) as client:
         client.resume()
     assert not _halted(home)
-    _run_new_cell(page, "import time\ntime.sleep(30)")
+    # Long enough to be still asleep at the interrupt below, however slow the steps between.
+    _run_new_cell(page, "import time\ntime.sleep(600)")
     _kernel(page, "busy", 10)
     time.sleep(0.5)
     streaming = candles()
@@ -255,9 +256,7 @@ def test_explore_notebook_in_jupyterlab(lab, system, home, page, tmp_path):
         shutil.copy(shot, target)
 
     # Interrupt the sleep; a new cell answers, and the chart is still alive in the kernel.
-    page.locator(".jp-Notebook").first.press("Escape")
-    page.keyboard.press("i")
-    page.keyboard.press("i")
+    _menu(page, "Kernel", "Interrupt Kernel")  # the menu: no keyboard focus to depend on
     page.get_by_text("KeyboardInterrupt").first.wait_for(timeout=10_000)
     _kernel(page, "idle", 10)
     _run_new_cell(page, "print('answer', 6 * 7, chart.closed)")
