@@ -189,7 +189,16 @@ class Journal:
     ) -> bool:
         """Commit an order's intent (or its refusal); False if its client id is already known."""
         try:
-            self._insert_order(order, kind, status, now_ns, target, reason)
+            self._db.execute(
+                "INSERT INTO orders (client_id, brain, instrument, kind, target, units, after_ns,"
+                " status, reason, created_ns, updated_ns, stop_loss, take_profit)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    order.client_id, order.brain, order.instrument, kind, target, order.units,
+                    order.after_ns, status, reason, now_ns, now_ns, order.stop_loss,
+                    order.take_profit,
+                ),
+            )  # fmt: skip
         except sqlite3.IntegrityError:
             return False
         return True
@@ -197,25 +206,6 @@ class Journal:
     def lookup(self, client_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM orders WHERE client_id = ?", (client_id,)).fetchone()
         return dict(row) if row else None
-
-    def _insert_order(
-        self,
-        order: wire.Order,
-        kind: str,
-        status: str,
-        now_ns: int,
-        target: int | None = None,
-        reason: str = "",
-    ) -> None:
-        self._db.execute(
-            "INSERT INTO orders (client_id, brain, instrument, kind, target, units, after_ns,"
-            " status, reason, created_ns, updated_ns, stop_loss, take_profit)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                order.client_id, order.brain, order.instrument, kind, target, order.units,
-                order.after_ns, status, reason, now_ns, now_ns, order.stop_loss, order.take_profit,
-            ),
-        )  # fmt: skip
 
     def mark(self, client_id: str, status: str, now_ns: int, reason: str = "") -> None:
         self._db.execute(
@@ -241,7 +231,7 @@ class Journal:
                     fill.brain, fill.instrument, fill.units, fill.client_id, fill.time_ns
                 )
                 why = "adopted: a fill of the broker's own (stop-loss, take-profit or manual trade)"
-                self._insert_order(order, "order", "new", now_ns, reason=why)
+                self.record(order, "order", "new", now_ns, reason=why)  # inside this transaction
             db.execute(
                 "INSERT INTO fills (fill_id, client_id, brain, instrument, units, price,"
                 " commission, time_ns, booked) VALUES (?,?,?,?,?,?,?,?,?)",
