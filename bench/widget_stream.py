@@ -28,6 +28,10 @@ lateness of a 1 ms sleep on a kernel thread (how long a thread waits for the GIL
 with the chart, the follower's stretches, wall and thread CPU: each drain of its subscription and
 each hand-over to the chart. ``--switch-interval`` sets the kernel's ``sys.setswitchinterval``.
 
+The system runs at the priority ``osm up`` gives it (``--priority``): at speed 0, background
+(:mod:`osm.live.priority`), so the kernel's figures are those a notebook gets beside a flat-out
+replay; ``--priority normal`` measures the kernel competing with it as an equal.
+
 Browser figures (publish-to-paint at 10 bars/s, 2,000 candles drawn) are not measured here.
 
 Prints progress to stderr and one JSON line to stdout. Goals (issue 7): at most 60 messages/s per
@@ -236,13 +240,16 @@ def run(
     probe: bool = False,
     switch_interval: float | None = None,
     setup: str = "",
+    priority: str = "auto",
 ) -> dict[str, Any]:
     home = folder / "home"
-    log(f"osm up in {home} (synthetic, speed {speed}, S5)")
+    log(f"osm up in {home} (synthetic, speed {speed}, S5, priority {priority})")
     up = osm(home, "up", "--speed", speed, "--start", "2024-03-05T00:00:00Z",
-             "--granularities", "S5")  # fmt: skip
+             "--granularities", "S5", "--priority", priority)  # fmt: skip
     if up.returncode:
         raise RuntimeError(up.stderr + up.stdout)
+    status = osm(home, "status", "--json")
+    system_priority = json.loads(status.stdout)["priority"] if not status.returncode else None
     env = {**os.environ, "OSM_HOME": str(home)}
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env=env, cwd=str(folder))
@@ -333,6 +340,7 @@ def run(
         "kernel_rss_after_mb": round(rss1, 1),
         "kernel_rss_slope_mb_per_min": round(slope * 60, 2),
         "switch_interval_s": switch_interval,
+        "system_priority": system_priority,
         "setup": setup,
         **({"probe_ms_n_p50_p99_max": probes} if probe else {}),
         "browser": "not measured",
@@ -361,12 +369,18 @@ def main(argv: list[str] | None = None) -> None:
         "--switch-interval", type=float, help="the kernel's sys.setswitchinterval (seconds)"
     )
     parser.add_argument("--setup", default="", help="code the kernel runs before the baseline")
+    parser.add_argument(
+        "--priority",
+        choices=["auto", "normal", "background"],
+        default="auto",
+        help="the system's CPU priority (osm up --priority; auto is background at speed 0)",
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="osm-widget-bench-"))
     try:
         result = run(
             args.seconds, args.every, args.warmup, args.speed, args.baseline, folder,
-            args.probe, args.switch_interval, args.setup,
+            args.probe, args.switch_interval, args.setup, args.priority,
         )  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -280,6 +280,9 @@ class SystemConfig(_Config):
         float, Meta(ge=0, le=60, description="first wait before a restart, in seconds")
     ] = 0.5
     max_restarts: Annotated[int, Meta(ge=0, description="restarts of one process at most")] = 20
+    # CPU priority of every process (osm.live.priority): "background" yields the machine to
+    # interactive work; "auto" is background when every feed replays flat out into paper.
+    priority: Literal["auto", "normal", "background"] = "auto"
     feeds: list[FeedConfig] = msgspec.field(default_factory=lambda: [FeedConfig()])
     router: RouterConfig = RouterConfig()
     trader: TraderConfig = TraderConfig()
@@ -402,6 +405,10 @@ def _explain(kind: type, data: Any, text: str) -> str:
     if not path:
         return message
     info, value = _type_at(kind, tokens), _value_at(data, tokens)
+    if isinstance(info, mi.LiteralType):
+        choices = [str(v) for v in info.values]
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        return f"{path} must be one of {', '.join(choices)}, got {value!r}.{hint}".rstrip(".")
     problem = _violation(value, info) if info is not None else ""
     if problem:
         return f"{path} {problem}, got {value!r}"

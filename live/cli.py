@@ -81,6 +81,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"osm running in {status['home']}: supervisor pid {status['pid']}, "
         f"up {_duration(status['uptime_s'])}, {status['transport']}"
         + (" with CURVE" if status["curve"] else "")
+        + (", background priority" if status.get("priority") == "background" else "")
     )
     if status.get("halted"):
         head += (
@@ -211,7 +212,13 @@ def _config_from_flags(args: argparse.Namespace) -> cfg.SystemConfig:
                 "size": args.size,
             }
         )
-    system = {"host": args.host, "transport": args.transport, "feeds": [feed], "brains": brains}
+    system = {
+        "host": args.host,
+        "transport": args.transport,
+        "priority": args.priority,
+        "feeds": [feed],
+        "brains": brains,
+    }
     trader = {"broker": args.broker}
     return cfg.load(cfg.SystemConfig, {**system, "router": router, "trader": trader})
 
@@ -753,6 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--size", type=int, default=10_000, help="brain units at target 1.0")
     up.add_argument("--host", default="127.0.0.1", help="bind address; not loopback needs keys")
     up.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
+    up.add_argument(
+        "--priority",
+        choices=["auto", "normal", "background"],
+        default="auto",
+        help="CPU priority: background yields to interactive work; auto (default) is "
+        "background for a replay at --speed 0 on the paper broker, normal otherwise",
+    )
     up.add_argument("--config", help="a SystemConfig JSON file instead of the flags above")
     up.add_argument(
         "--fresh",

@@ -51,7 +51,7 @@ from osm.core import config as cfg
 from osm.core import wire
 from osm.core.errors import EXIT_CONFIG, OsmError
 from osm.core.rundir import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, RunDir, write_atomic
-from osm.live import preflight
+from osm.live import preflight, priority
 from osm.live.bus import plan_endpoints
 from osm.live.client import Client, alive, running_pid
 from osm.live.jobs import JobRunner
@@ -99,8 +99,15 @@ class Supervisor(Service):
 
     role = "supervisor"
 
-    def __init__(self, rundir: RunDir, config: cfg.SystemConfig, endpoints: dict[str, Any]):
+    def __init__(
+        self,
+        rundir: RunDir,
+        config: cfg.SystemConfig,
+        endpoints: dict[str, Any],
+        cpu_priority: str = "normal",
+    ):
         super().__init__("supervisor", rundir, config, endpoints)
+        self.cpu_priority = cpu_priority  # as osm.live.priority.apply set it
         self.stall_s = max(STALL_INTERVALS * config.heartbeat_s, MIN_STALL_S)
         self.children = [Child("router", "router"), Child("trader", "trader")]
         self.children += [
@@ -360,6 +367,7 @@ class Supervisor(Service):
             "transport": self.config.transport,
             "host": self.config.host,
             "curve": self.bus.curve,
+            "priority": self.cpu_priority,
             "counters": dict(self.counters),
             "rejected": sum(v for k, v in self.counters.items() if k.startswith("rejected.")),
             "processes": processes,
@@ -553,7 +561,9 @@ def _serve(rundir: RunDir, foreground: bool) -> int:
         endpoints = rundir.read_endpoints()
         if endpoints is None:
             raise OsmError(f"no endpoints.json in {rundir.home}; start the system with `osm up`")
-        return Supervisor(rundir, config, endpoints).run()
+        # Before any thread or child: each inherits it.
+        cpu_priority = priority.apply(config)
+        return Supervisor(rundir, config, endpoints, cpu_priority).run()
     except (OsmError, zmq.ZMQError) as exc:
         log.error("supervisor cannot run: %s", exc)
         return EXIT_CONFIG
@@ -578,6 +588,7 @@ def _detach(rundir: RunDir) -> None:
     deadline = time.monotonic() + 10.0
     while os.getppid() == launcher and time.monotonic() < deadline:
         time.sleep(0.001)
+    os.setsid()  # a session of its own, however it was launched (see osm.live.priority)
     os.umask(PRIVATE_UMASK)
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     log = os.open(rundir.log_path("supervisor"), flags, PRIVATE_FILE)
