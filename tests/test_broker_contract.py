@@ -16,6 +16,7 @@ from osm.core.dtypes import as_ticks
 from osm.live.adapters import brokers
 from osm.live.adapters.base import Book
 from osm.live.adapters.oanda.fake import FakeV20
+from osm.live.journal import Journal
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 TOKEN = "tok-contract-92b7-secret"
@@ -215,3 +216,63 @@ def test_a_fill_the_journal_holds_read_again_after_a_restart_changes_nothing(mon
         assert venue.broker.halt_reason is None
     finally:
         venue.close()
+
+
+def test_a_fill_of_an_order_of_ours_the_journal_lost_is_adopted_once(monkeypatch, tmp_path):
+    venue = Venue("oanda", monkeypatch)  # only a venue fills what the journal never saw
+    journal = Journal(tmp_path / "trader.sqlite", 100_000.0)
+
+    def restart(cursor: str) -> list[wire.Fill]:
+        """The trader's start: its journal's books and cursor, the broker's fills journaled."""
+        venue.broker.close()
+        venue.broker = brokers.create(venue.broker_config)
+        venue.broker.cursor = cursor
+        venue.broker.journaled = journal.fill_owner
+        books = journal.rebuild(time.time_ns()).books
+        assert venue.broker.restore(books, 100_000.0, journal.open_orders()) == []
+        fills = venue.broker.take_fills()
+        for fill in fills:  # as the trader does with a fill of no order it holds
+            book = books.setdefault(fill.instrument, Book())
+            book.apply(fill.units, fill.price, fill.commission)
+            assert journal.record_fill(fill, book, time.time_ns(), adopt=True)
+        return fills
+
+    try:
+        venue.broker.restore({}, 100_000.0, [])
+        venue.quote(1.10000, 1.10020)
+        backup = venue.fake.last_id  # the cursor of a journal backed up before the order
+        venue.broker.submit(wire.Order("b", "EUR_USD", 1000, "b-gone", venue.clock))
+        [sent] = venue.fills(1)
+        # The journal is restored from that backup: neither the order nor its fill is in it.
+        [adopted] = restart(backup)
+        assert adopted == sent  # its client id, its brain (the order's tag), its transaction
+        assert venue.broker.halt_reason is None
+        assert [p.units for p in venue.broker.positions()] == [venue.fake.net_units("EUR_USD")]
+        assert journal.fill_owner(sent.fill_id) == ("b-gone", "b")
+        [order] = journal.orders()
+        assert (order["client_id"], order["brain"], order["status"]) == ("b-gone", "b", "filled")
+
+        # The venue goes away and comes back: the reconciliation adopts nothing more.
+        venue.fake.down = ("drop",)
+        wait_for(lambda: venue.broker.account()["venue_down"], "the broker sees OANDA down")
+        reconciled = venue.broker.reconciliations
+        venue.fake.down = None
+        more: list[wire.Fill] = []
+        wait_for(
+            lambda: (
+                more.extend(venue.broker.take_fills()) or venue.broker.reconciliations > reconciled
+            ),
+            "a reconciliation",
+        )
+        assert more == [] and venue.broker.halt_reason is None
+
+        # A restart whose cursor lags the fill reads it again: journaled, it changes nothing.
+        assert restart(backup) == []
+        assert venue.broker.halt_reason is None
+        assert [(p.units, p.average_price) for p in venue.broker.positions()] == [
+            (1000, pytest.approx(sent.price))
+        ]
+        assert [f["fill_id"] for f in journal.fills()] == [sent.fill_id]
+    finally:
+        venue.close()
+        journal.close()

@@ -501,6 +501,41 @@ def test_stop_loss_and_manual_trade_reported_without_client_id(fake, execution):
     assert last == fake.last_id and len([e for e in events_since if e.kind == P.FILLED]) == 3
 
 
+def _order_lookups(fake) -> list[str]:
+    return [p for m, p, _ in fake.requests if m == "GET" and "/orders/" in p]
+
+
+def test_a_fill_of_ours_names_its_brain_even_when_its_order_came_before_the_cursor(fake, execution):
+    ex, events = execution
+    ex.submit(_order("b1-open"))  # its response: the create transaction, with the tag
+    wait_for(lambda: any(e.kind == P.FILLED for e in events))
+    fake.open_manual_trade("EUR_USD", 5000)  # so that the sell below only reduces
+    fake.arm("orders", "hold", 300)  # 300 of the 1000 sold, the rest left open
+    ex.submit(wire.Order("b9", "EUR_USD", -1000, "b9-held"))
+    wait_for(lambda: any(e.kind == P.PARTIALLY_FILLED for e in events))
+    ours = [(e.client_id, e.units, e.tag) for e in events if e.kind != P.ACCEPTED and e.client_id]
+    assert ours == [("b1-open", 1000, "b1"), ("b9-held", -300, "b9")]
+    ex.stop()
+    # A trader that never saw the order (its journal restored from an older backup) reads the
+    # rest's fill: it opens no trade and its create transaction is before the cursor.
+    seen: list[P.OrderEvent] = []
+    later = OandaExecution(config_for(fake, poll_s=0.1), Secret(TOKEN), seen.append)
+    later.start()
+    try:
+        lookups = len(_order_lookups(fake))
+        fake.fill_held("b9-held")
+        [rest] = wait_for(lambda: [e for e in seen if e.kind == P.FILLED])
+        assert (rest.client_id, rest.units, rest.trade_opened, rest.tag) == (
+            "b9-held", -700, "", "b9",
+        )  # fmt: skip
+        order_id = fake.find_order("@b9-held")["id"]
+        assert _order_lookups(fake)[lookups:] == [f"/v3/accounts/{fake.account}/orders/{order_id}"]
+        time.sleep(0.3)  # polls read nothing new, and ask nothing again
+        assert len(_order_lookups(fake)) == lookups + 1 and seen == [rest]
+    finally:
+        later.stop()
+
+
 def test_token_never_in_logs_reprs_or_errors(fake, caplog):
     caplog.set_level(logging.DEBUG)
     events: list = []

@@ -229,6 +229,64 @@ def test_a_stop_loss_on_a_brains_order_fires_and_the_closing_fill_is_that_brains
     wait_for(lambda: trader(home).get("fills_adopted", 0) == 1, 30, "the exit adopted, once")
 
 
+def test_a_fill_of_an_order_the_restored_journal_lost_is_adopted_once_across_restarts(
+    home, fake, system, tmp_path
+):
+    path = config(home, fake)
+    settings = json.loads(path.read_text())
+    settings["brains"] = []  # only this order
+    path.write_text(json.dumps(settings))
+    system("--config", str(path))
+    wait_for(lambda: trader_status(home)["market_time_ns"], 60, "quotes")
+    journal = home / "db" / "trader.sqlite"
+    backup = tmp_path / "backup.sqlite"
+
+    def cursor(path: Path) -> str | None:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'broker_cursor'").fetchone()
+        return row and row[0]
+
+    wait_for(lambda: cursor(journal), 30, "the cursor persisted")
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db, sqlite3.connect(backup) as to:
+        db.backup(to)  # taken before the order: it will know neither the order nor its fill
+    before = cursor(backup)
+    with Client(home, timeout_s=10) as client:
+        assert client.order("EUR_USD", 1500, brain="b8", client_id="b8-1").accepted
+    wait_for(lambda: journal_units(home) == 1500 == fake.net_units("EUR_USD"), 30, "the fill")
+    [filled] = [t["id"] for t in fake.transactions if t["type"] == "ORDER_FILL"]
+    assert int(before) < int(filled)  # so a trader started from the backup reads it
+    assert osm(home, "down").returncode == 0
+    for leftover in journal.parent.glob("trader.sqlite*"):
+        leftover.unlink()
+    journal.write_bytes(backup.read_bytes())  # the journal restored from the backup
+
+    system("--config", str(path))  # the journal holds neither the fill nor its order
+    wait_for(lambda: trader(home).get("fills_adopted", 0) == 1, 60, "the fill adopted")
+    wait_for(
+        lambda: journal_units(home) == 1500 == fake.net_units("EUR_USD"), 30, "journal = venue"
+    )
+    state = trader_status(home)
+    assert not state["halted"], state["halt_reason"]
+    with Client(home, timeout_s=10) as client:
+        assert client.positions()[0]["brains"] == {"b8": 1500}  # the brain's, from the order's tag
+        fills = [(f["client_id"], f["brain"], f["units"]) for f in client.fills()]
+    assert fills == [("b8-1", "b8", 1500)]
+    assert osm(home, "down").returncode == 0
+
+    db = sqlite3.connect(journal)
+    with db:  # a cursor that lags the fill: it is read yet again
+        db.execute("UPDATE meta SET value = ? WHERE key = 'broker_cursor'", (before,))
+    db.close()
+    system("--config", str(path))
+    wait_for(lambda: account(home)["reconciliations"] >= 1, 60, "the reconciliation at start")
+    state = trader_status(home)
+    assert not state["halted"], state["halt_reason"]
+    assert trader(home).get("fills_adopted", 0) == 0 and trader(home).get("fills", 0) == 0
+    assert journal_units(home) == 1500 == fake.net_units("EUR_USD")
+    with Client(home, timeout_s=10) as client:
+        assert [(f["client_id"], f["units"]) for f in client.fills()] == [("b8-1", 1500)]
+
+
 def trader_status(home: Path) -> dict:
     with Client(home, timeout_s=10) as client:
         return client.trader("status")

@@ -8,7 +8,9 @@ heartbeats. Outcomes become what the trader journals:
 - ``filled`` / ``partially_filled``: a :class:`wire.Fill` of the units the venue filled, at its
   price. A fill with no client id of ours (a stop-loss, a take-profit, a trade placed by hand) is
   reported under the client id ``venue-<transaction id>`` and the brain ``venue``; the trader
-  adopts it into the journal.
+  adopts it into the journal. So is a fill of an order of ours (our client id, its brain as the
+  order's tag) that is not open here, under that client id and brain: one the journal does not
+  hold (restored from an older backup) is adopted with its order, never dropped.
 - ``rejected``: the order ends with the venue's reason; the trader journals it refused and tells
   its brain. ``cancelled`` (on request, by the venue, or the rest of a part-filled order): the
   same, journaled cancelled. An order filled in parts stays pending until they add up.
@@ -274,22 +276,28 @@ class OandaBroker(Broker):
             # books differ from the venue's and halt trading on nothing.
             log.info("fill %s of %s is journaled already", event.transaction_id, event.client_id)
             return
-        if order is None and event.client_id:
-            # Ours, of an order no longer open (ended by the venue, or lost) and not journaled:
-            # left out; a position it makes differ from the venue's halts at the next comparison.
-            log.info("fill %s of %s: the order is no longer open", event.transaction_id,
-                     event.client_id)  # fmt: skip
-            return
         owner = next(filter(None, map(self._owner, event.trade_ids)), None)
         if order is not None:
             client_id, brain = event.client_id, order.brain
             self._filled[client_id] = self._filled.get(client_id, 0) + event.units
-            if event.trade_opened:
-                self._owners[event.trade_opened] = (client_id, brain)
+        elif _ours(event):
+            # An order of ours that is not open here and whose fill the journal does not hold
+            # (the journal was restored from a backup older than the order; the order was
+            # refused at a restart, after it was sent): the venue's position all the same, so
+            # its brain's (the order's tag), for the trader to journal (or adopt, with its
+            # order). Once: the journal keys it by its transaction id, `journaled` above.
+            client_id, brain = event.client_id, event.tag
+            log.warning("fill %s of %s (%s): an order of ours not open here; adopted",
+                        event.transaction_id, client_id, brain)  # fmt: skip
         elif owner is not None and event.reason in _EXITS:  # the exit of a trade of ours
             client_id, brain = f"{owner[0]}/{_EXITS[event.reason]}", owner[1]
         else:  # a trade placed by hand, or what closed one: no order of ours
             client_id, brain = f"{VENUE}-{event.transaction_id}", VENUE
+            if event.client_id:  # a client id of no order we know, with no brain to name
+                log.warning("fill %s of %s, an order with no tag: adopted as the venue's",
+                            event.transaction_id, event.client_id)  # fmt: skip
+        if event.trade_opened and brain != VENUE and "/" not in client_id:
+            self._owners[event.trade_opened] = (client_id, brain)
         # OANDA books the fill's PnL, financing and commission in the account currency itself.
         booked = event.pl + event.financing - event.commission
         self._balance += booked
@@ -312,6 +320,12 @@ class OandaBroker(Broker):
                 event.transaction_id,
             )  # fmt: skip
         )
+
+
+def _ours(event: P.OrderEvent) -> bool:
+    """Whether a fill is of an order we sent: a client id we could have given (no '/', which
+    names a trade's exit) and a tag, the brain we send as each order's."""
+    return bool(event.client_id and event.tag) and "/" not in event.client_id
 
 
 def create(config: TraderConfig) -> OandaBroker:

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import requests
 from oandapyV20.endpoints import accounts as v20accounts
 from oandapyV20.endpoints import orders as v20orders
@@ -79,6 +80,7 @@ class OandaExecution:
         self.cursor = cursor  # last transaction id reported
         self._seen: set[str] = set()
         self._ordered: dict[str, int] = {}  # venue order id -> units ordered
+        self._tags: dict[str, str] = {}  # client id -> its order's tag (the brain), once known
         self.unresolved: dict[str, dict[str, Any]] = {}  # client id -> order body, outcome unknown
         self.sent: dict[str, int] = {}  # client id -> creates sent (never above 1 without a 404)
         self.error: BaseException | None = None
@@ -169,7 +171,11 @@ class OandaExecution:
         (a stop-loss, a trade placed by hand), so only a read of every transaction since the
         cursor moves it (:meth:`advance`), after handing them over; a caller that reads
         :attr:`cursor` and then drains what `on_event` queued has every event up to it.
+
+        A fill of a client id carries its order's tag (the brain it was sent for): its own, else
+        the one the order's create transaction or a lookup of the order gave.
         """
+        event = self._tagged(event)
         if event.transaction_id:
             if event.transaction_id in self._seen:
                 return
@@ -177,6 +183,28 @@ class OandaExecution:
         if event.kind == P.ACCEPTED:
             self._ordered[event.order_id] = event.units
         self.on_event(event)
+
+    def _tagged(self, event: P.OrderEvent) -> P.OrderEvent:
+        """`event`, a fill of a client id given the tag known for it; remember a tag it has."""
+        if not event.client_id:
+            return event
+        if event.tag:
+            self._tags.setdefault(event.client_id, event.tag)
+            return event
+        tag = self._tags.get(event.client_id, "")
+        if tag and event.kind in (P.FILLED, P.PARTIALLY_FILLED):
+            return msgspec.structs.replace(event, tag=tag)
+        return event
+
+    def _order_tag(self, event: P.OrderEvent) -> str:
+        """Ask the venue for the tag of the order a fill belongs to ('' if it has none or no
+        such order); a read, so :class:`_Transient` when the venue does not answer."""
+        ref = event.order_id or f"@{event.client_id}"
+        try:
+            body = self._call(v20orders.OrderDetails(self.account, ref), missing_ok=True)
+        except _Missing:
+            return ""
+        return P.order_tag(body)
 
     def advance(self, transaction_id: str) -> None:
         """Move the cursor to `transaction_id` if it is later: everything up to it was read."""
@@ -265,12 +293,16 @@ class OandaExecution:
     def never_received(self, client_id: str) -> bool:
         """True only if the venue answers that it has no order `client_id` (a 404)."""
         try:
-            self._call(v20orders.OrderDetails(self.account, f"@{client_id}"), missing_ok=True)
+            body = self._call(
+                v20orders.OrderDetails(self.account, f"@{client_id}"), missing_ok=True
+            )
         except _Missing:
             return True
         except _Transient:
             return False
         self.unresolved.pop(client_id, None)
+        if tag := P.order_tag(body):
+            self._tags.setdefault(client_id, tag)
         return False
 
     def _poll(self) -> None:
@@ -340,7 +372,12 @@ class OandaExecution:
         )
 
     def transactions_since(self, since_id: str) -> tuple[list[P.OrderEvent], str]:
-        """Order events in the transactions after `since_id`, and the venue's last id."""
+        """Order events in the transactions after `since_id`, and the venue's last id.
+
+        A fill not reported yet, of a client id whose tag is not known (its order was created
+        before `since_id`: by a trader whose journal lost it, say), is given its order's tag by
+        a lookup at the venue, so the broker can tell whose it is.
+        """
         body = self._call(
             v20transactions.TransactionsSinceID(self.account, params={"id": since_id or "0"})
         )
@@ -348,8 +385,18 @@ class OandaExecution:
         for tx in body.get("transactions", []):
             ordered = self._ordered.get(str(tx.get("orderID", "")))
             event = P.parse_transaction(tx, ordered)
-            if event is not None:
-                events.append(event)
+            if event is None:
+                continue
+            event = self._tagged(event)
+            if (
+                event.kind in (P.FILLED, P.PARTIALLY_FILLED)
+                and event.client_id
+                and event.client_id not in self._tags  # '' once asked: it has none
+                and event.transaction_id not in self._seen
+            ):
+                tag = self._tags[event.client_id] = self._order_tag(event)
+                event = msgspec.structs.replace(event, tag=tag)
+            events.append(event)
         return events, P.last_transaction_id(body)
 
 

@@ -210,6 +210,8 @@ class FakeV20:
                      "price": price, "openTime": fill["time"], "clientExtensions":
                      order.get("tradeClientExtensions") or order.get("clientExtensions")}  # fmt: skip
             fill["tradeOpened"] = {"tradeID": trade["id"], "units": str(remaining)}
+            if trade["clientExtensions"]:  # v20's TradeOpen carries the trade's extensions
+                fill["tradeOpened"]["clientExtensions"] = trade["clientExtensions"]
             for key, kind in (("stopLossOnFill", "STOP_LOSS"), ("takeProfitOnFill", "TAKE_PROFIT")):
                 if order.get(key):
                     tx = self._tx(type=f"{kind}_ORDER", tradeID=trade["id"], reason="ON_FILL",

@@ -44,7 +44,10 @@ class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
     `units` is signed: for ``accepted`` the units ordered, for fills the units filled. `pl` and
     `financing` are in the account currency, as OANDA books them. `transaction_id` is the venue's
     id of the transaction this event comes from ('' when it comes from no transaction, e.g.
-    ``unknown``); reconciliation keeps the highest one as its cursor.
+    ``unknown``); reconciliation keeps the highest one as its cursor. `tag` is the
+    ``clientExtensions.tag`` of the order (the brain we sent it for): an ``accepted`` event has it
+    from the order's create transaction, a fill from the trade it opened, if any (the execution
+    fills it in for the others; see :meth:`OandaExecution.report`).
     """
 
     kind: str
@@ -61,6 +64,7 @@ class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
     commission: float = 0.0
     time_ns: int = 0
     trade_opened: str = ""  # the id of the trade a fill opened
+    tag: str = ""  # the order's clientExtensions.tag (the brain that sent it), where known
     positions: dict[str, int] = {}
     owners: dict[str, tuple[str, str]] = {}  # reconciled: open trade id -> (client id, brain)
 
@@ -181,6 +185,15 @@ def _client_id(tx: dict[str, Any]) -> str:
     return str((tx.get("clientExtensions") or {}).get("id", ""))
 
 
+def _tag(extensions: dict[str, Any] | None) -> str:
+    return str((extensions or {}).get("tag", ""))
+
+
+def order_tag(body: dict[str, Any]) -> str:
+    """The ``clientExtensions.tag`` of an order lookup's body (``orders/{id}``); '' if none."""
+    return _tag((body.get("order") or {}).get("clientExtensions"))
+
+
 def _fill_event(tx: dict[str, Any], client_id: str, ordered: int | None) -> OrderEvent:
     units = _units(tx["units"])
     trades = []
@@ -201,6 +214,7 @@ def _fill_event(tx: dict[str, Any], client_id: str, ordered: int | None) -> Orde
         transaction_id=str(tx["id"]),
         trade_ids=tuple(trades),
         trade_opened=str((tx.get("tradeOpened") or {}).get("tradeID", "")),
+        tag=_tag((tx.get("tradeOpened") or {}).get("clientExtensions")),
         pl=_float(tx.get("pl")),
         financing=_float(tx.get("financing")),
         commission=_float(tx.get("commission")),
@@ -242,6 +256,7 @@ def parse_transaction(tx: dict[str, Any], ordered: int | None = None) -> OrderEv
         return OrderEvent(
             kind=ACCEPTED,
             client_id=_client_id(tx),
+            tag=_tag(tx.get("clientExtensions")),
             instrument=tx.get("instrument", ""),
             units=_units(tx["units"]),
             reason=tx.get("reason", ""),
