@@ -14,10 +14,22 @@ expires, and :meth:`PaperBroker.take_expired` hands it back with the reason, onc
 
 Each fill that opens units opens a trade, as on OANDA; fills the other way close trades oldest
 first. An order's `stop_loss` / `take_profit` distances become its trade's exit prices; the first
-later quote that reaches one (a long's bid, a short's ask) closes the trade at that quote, as a
-fill of the order's brain named ``<client id>/stop_loss`` or ``/take_profit``. The journal keeps
-each order's distances, so after a restart the trader hands back the same open trades with the same
-exits, replayed from the fills (:func:`osm.live.adapters.base.trade_fill`, which both use).
+quote from the trade's own on that reaches one (a long's bid, a short's ask) closes the trade at
+that quote, as a fill of the order's brain named ``<client id>/stop_loss`` or ``/take_profit``. The
+journal keeps each order's distances, so after a restart the trader hands back the same open trades
+with the same exits, replayed from the fills (:func:`osm.live.adapters.base.trade_fill`, which both
+use).
+
+Events happen in quote order, as at a venue: within a batch of quotes, an order fills and a trade
+exits at its own quote, and each sees what the earlier ones left (a stop-loss reached at one quote
+closes its trade before an opposite order filling at a later quote could net it away). At one quote,
+a trade's exit comes before an order that fills at that quote: the exit rests at the venue and fires
+as the quote arrives, while the order is served at the quote once it is there (time priority), so
+the order then opens the other way rather than closing the trade. Orders due at one quote fill in
+the order sent; as a trade's exits are live from the quote it opened at, the trade one of them opens
+may exit before the next one fills. A late order, filled at a quote already held, opens a trade
+whose exits are looked for in the quotes held after it. Only accepted quotes (see
+:meth:`QuoteRing.accept`) fill or exit anything.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -70,22 +82,25 @@ class QuoteRing:
     def __len__(self) -> int:
         return self._end - self._start
 
-    def append(self, ticks: np.ndarray) -> int:
-        """Keep the valid quotes of TICK_DTYPE `ticks`; return how many were refused.
+    def accept(self, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Time, bid and ask of the quotes of TICK_DTYPE `ticks` the ring would keep.
 
         Refused: a non-finite or non-positive price, ask < bid, or a time before the last accepted.
+        Hand what this returns to :meth:`extend` before accepting more.
         """
         t, b, a = ticks["time"], ticks["bid"], ticks["ask"]
-        ok = np.isfinite(b) & np.isfinite(a) & (b > 0) & (a >= b)
+        ok = valid_quotes(b, a)
         t, b, a = t[ok], b[ok], a[ok]
         # A quote is in order if no earlier accepted quote is later; refused quotes never raise the
         # running maximum (they are below it), so one cumulative maximum decides them all.
         before = np.maximum.accumulate(np.concatenate(([self.last_time], t)))[:-1]
         keep = t >= before
-        t, b, a = t[keep], b[keep], a[keep]
-        refused = len(ticks) - len(t)
+        return t[keep], b[keep], a[keep]
+
+    def extend(self, t: np.ndarray, b: np.ndarray, a: np.ndarray) -> None:
+        """Keep quotes :meth:`accept` returned (the newest `capacity` of them if more)."""
         if len(t) == 0:
-            return refused
+            return
         if len(t) > self.capacity:
             self.dropped_until = int(t[-self.capacity - 1])
             t, b, a = t[-self.capacity :], b[-self.capacity :], a[-self.capacity :]
@@ -104,11 +119,25 @@ class QuoteRing:
             self._start = self._end - self.capacity
             self.dropped_until = max(self.dropped_until, int(self._time[self._start - 1]))
         self.last_time = int(t[-1])
-        return refused
+
+    def append(self, ticks: np.ndarray) -> int:
+        """Keep the quotes of TICK_DTYPE `ticks` that :meth:`accept` accepts; return how many it
+        refused."""
+        t, b, a = self.accept(ticks)
+        self.extend(t, b, a)
+        return len(ticks) - len(t)
 
     @property
     def times(self) -> np.ndarray:
         return self._time[self._start : self._end]
+
+    @property
+    def bids(self) -> np.ndarray:
+        return self._bid[self._start : self._end]
+
+    @property
+    def asks(self) -> np.ndarray:
+        return self._ask[self._start : self._end]
 
     def index_for(self, after_ns: int) -> int | None:
         """Index of the quote an order with this `after_ns` fills at, or None if not arrived yet."""
@@ -125,6 +154,36 @@ class QuoteRing:
 
     def latest(self) -> tuple[int, float, float] | None:
         return self.quote(len(self) - 1) if len(self) else None
+
+
+class _Exit(NamedTuple):
+    """Where a trade's stop-loss or take-profit is first reached in a run of quotes."""
+
+    index: int  # of the quote in the run
+    time_ns: int
+    price: float  # a long's bid, a short's ask
+    kind: str  # "stop_loss" or "take_profit"
+    trade: Trade
+
+
+def _first_exit(
+    trade: Trade, times: np.ndarray, bids: np.ndarray, asks: np.ndarray, start: int
+) -> _Exit | None:
+    """The first quote from index `start` on, and not before the trade opened, that reaches its
+    stop-loss or take-profit; None if none does (or it has neither)."""
+    if math.isnan(trade.stop_loss) and math.isnan(trade.take_profit):
+        return None
+    side = 1 if trade.units > 0 else -1
+    close = (bids if side > 0 else asks)[start:]
+    with np.errstate(invalid="ignore"):  # an exit not set (NaN) is never reached
+        stop = (close - trade.stop_loss) * side <= 0
+        take = (close - trade.take_profit) * side >= 0
+    reached = np.flatnonzero((stop | take) & (times[start:] >= trade.opened_ns))
+    if not len(reached):
+        return None
+    i = int(reached[0])
+    kind = "stop_loss" if stop[i] else "take_profit"
+    return _Exit(start + i, int(times[start + i]), float(close[i]), kind, trade)
 
 
 class PaperBroker(Broker):
@@ -150,16 +209,24 @@ class PaperBroker(Broker):
 
     def submit(self, order: wire.Order) -> None:
         self._pending.append(order)
-        self._match(order.instrument)
+        ring = self._rings.get(order.instrument)
+        if ring is not None:
+            # The quotes are the ring's: only an order just sent can fill at one of them (the
+            # others wait for theirs), and the trade it opens is watched from its quote on; the
+            # trades already open have been watched through every quote held.
+            self._run(order.instrument, ring.times, ring.bids, ring.asks, 0, watch=[])
 
     def on_quotes(self, instrument: str, ticks: np.ndarray) -> int:
         ring = self._rings.get(instrument)
         if ring is None:
             ring = self._rings[instrument] = QuoteRing(self.config.quotes)
-        refused = ring.append(ticks)
-        self._match(instrument)
-        self._exits(instrument, ticks)
-        return refused
+        times, bids, asks = ring.accept(ticks)
+        ring.extend(times, bids, asks)
+        # The ring ends with the batch (its newest `capacity` quotes if more): a ring index is
+        # the batch index this far from its end.
+        watch = list(self._trades.get(instrument, []))
+        self._run(instrument, times, bids, asks, len(times) - len(ring), watch)
+        return len(ticks) - len(times)
 
     def take_fills(self) -> list[wire.Fill]:
         fills, self._fills = self._fills, []
@@ -239,11 +306,55 @@ class PaperBroker(Broker):
         latest = ring.latest() if ring is not None else None
         return latest if latest is not None else (0, float("nan"), float("nan"))
 
-    def _match(self, instrument: str) -> None:
-        ring = self._rings.get(instrument)
-        if ring is None or not len(ring):
-            return
-        waiting = []
+    def _run(
+        self,
+        instrument: str,
+        times: np.ndarray,
+        bids: np.ndarray,
+        asks: np.ndarray,
+        base: int,
+        watch: list[Trade],
+    ) -> None:
+        """Fill the orders of `instrument` whose quote has come and close the trades whose exits
+        the quotes (`times`, `bids`, `asks`) reach, one event at a time in quote order.
+
+        `base` turns an index of the instrument's ring into an index of these quotes (a negative
+        one: a quote before them). `watch`: the open trades whose exits these quotes may reach; a
+        trade an order opens here is watched from the quote it opened at.
+        """
+        due = self._due(instrument)
+        trades = self._trades.setdefault(instrument, [])
+        exits = [hit for t in watch if (hit := _first_exit(t, times, bids, asks, 0)) is not None]
+        k = 0
+        while exits or k < len(due):
+            # An exit is computed once per trade (its quotes and prices do not change); a trade
+            # an order closed in the meantime no longer exits. Each hit holds its trade, so no
+            # new trade can take its id.
+            held = {id(t) for t in trades}
+            exits = [hit for hit in exits if id(hit.trade) in held]
+            if exits:
+                j = min(range(len(exits)), key=lambda j: exits[j].index)  # ties: oldest trade
+                if k == len(due) or exits[j].index <= due[k][0] + base:  # exits first at a quote
+                    self._exit(instrument, trades, exits.pop(j))
+                    continue
+            if k == len(due):
+                break
+            i, order, quote = due[k]
+            k += 1
+            newest = trades[-1] if trades else None
+            self._fill(order, *quote)
+            # FIFO closes the oldest first, so a new last trade is the one this order opened.
+            if trades and trades[-1] is not newest:
+                hit = _first_exit(trades[-1], times, bids, asks, max(i + base, 0))
+                if hit is not None:
+                    exits.append(hit)
+
+    def _due(self, instrument: str) -> list[tuple[int, wire.Order, Quote]]:
+        """Take the orders of `instrument` whose quote the ring holds out of the pending ones,
+        each with its ring index and quote, in quote order (at one quote, in the order sent);
+        the stale ones expire instead."""
+        ring = self._rings[instrument]
+        due, waiting = [], []
         for order in self._pending:
             i = ring.index_for(order.after_ns) if order.instrument == instrument else None
             if i is None:
@@ -262,8 +373,10 @@ class PaperBroker(Broker):
                 continue
             if 0 < order.after_ns <= ring.dropped_until:
                 self.late_fills += 1
-            self._fill(order, *quote)
+            due.append((i, order, quote))
         self._pending = waiting
+        due.sort(key=lambda d: d[0])  # stable: the order sent at one quote
+        return due
 
     def _fill(self, order: wire.Order, time_ns: int, bid: float, ask: float) -> None:
         price = ask if order.units > 0 else bid
@@ -273,37 +386,12 @@ class PaperBroker(Broker):
             order.units, price, time_ns, order.stop_loss, order.take_profit,
         )  # fmt: skip
 
-    def _exits(self, instrument: str, ticks: np.ndarray) -> None:
-        """Close the trades whose stop-loss or take-profit these quotes reach, each at the first
-        such quote after it opened (a long at the bid, a short at the ask)."""
-        trades = self._trades.get(instrument, [])
-        armed = [t for t in trades if not (math.isnan(t.stop_loss) and math.isnan(t.take_profit))]
-        if not armed:
-            return
-        ok = valid_quotes(ticks["bid"], ticks["ask"])
-        times, bids, asks = ticks["time"][ok], ticks["bid"][ok], ticks["ask"][ok]
-        hits = []
-        for trade in armed:
-            side = 1 if trade.units > 0 else -1
-            close = bids if side > 0 else asks
-            with np.errstate(invalid="ignore"):  # an exit not set (NaN) is never reached
-                stop = (close - trade.stop_loss) * side <= 0
-                take = (close - trade.take_profit) * side >= 0
-            reached = np.flatnonzero((stop | take) & (times >= trade.opened_ns))
-            if len(reached):
-                i = int(reached[0])
-                hits.append(
-                    (
-                        int(times[i]),
-                        float(close[i]),
-                        "stop_loss" if stop[i] else "take_profit",
-                        trade,
-                    )
-                )
-        for time_ns, price, kind, trade in sorted(hits, key=lambda hit: hit[0]):
-            client_id = f"{trade.client_id}/{kind}"
-            self._book(client_id, trade.brain, instrument, -trade.units, price, time_ns)
-            trade_fill(trades, client_id, trade.brain, -trade.units, price, time_ns)
+    def _exit(self, instrument: str, trades: list[Trade], hit: _Exit) -> None:
+        """Close what is left of a trade at its stop-loss or take-profit."""
+        trade = hit.trade
+        client_id = f"{trade.client_id}/{hit.kind}"
+        self._book(client_id, trade.brain, instrument, -trade.units, hit.price, hit.time_ns)
+        trade_fill(trades, client_id, trade.brain, -trade.units, hit.price, hit.time_ns)
 
     def _book(
         self, client_id: str, brain: str, instrument: str, units: int, price: float, time_ns: int
