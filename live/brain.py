@@ -6,11 +6,13 @@ Sockets (one owner: the loop thread)::
     DEALER router_history  out: [b"history", HistoryRequest]   in: [topic, Bars]
     DEALER trader_orders   out: [b"target", Target]            in: [topic, OrderReply]
 
-The brain subscribes to bars before it asks for history, buffers the bars that arrive meanwhile,
-and merges both by open time, so the window has neither gaps nor duplicates. A live bar that does
-not follow the last one (a dropped message, a router restart), or is the first one after a warm-up
-that found no history, triggers a history request for the bars before it; if the router has none,
-the gap is the market's (a weekend) and the bar is taken.
+The brain subscribes to bars before it asks for history and merges both with a
+:class:`~osm.live.follow.BarMerge`, as a chart does: the window has neither gaps nor duplicates. A
+live bar that does not follow the last one (a dropped message, a router restart), or is the first
+one after a warm-up that found no history, waits while the bars before it are asked for; if the
+router has none, the gap is the market's (a weekend) and the bar is taken. Each history request
+carries a tag the router echoes, so the answer to a request the merge no longer waits for (a
+retry's twin) is never taken for a newer one's.
 
 At warm-up the brain decides on the last bar it has, then on every new bar: the strategy's last
 target times `size`, sent as a Target whose client id is ``<brain>-<bar open ns>``. A restarted
@@ -28,6 +30,7 @@ feeders of the brain's instrument only then, so a replay's first bar is decided 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -42,6 +45,7 @@ from osm.core.config import BrainConfig, SystemConfig
 from osm.core.errors import UnknownNameError
 from osm.core.granularity import next_open
 from osm.core.rundir import RunDir
+from osm.live.follow import BarMerge, Wanted
 from osm.live.service import Service, send_frames
 from osm.strategies.base import load_strategy
 
@@ -69,11 +73,13 @@ class Brain(Service):
         self.spec = self._spec()
         self.strategy = load_strategy(self.spec.strategy)(**self.spec.params)
         self.series = BarSeries(self.spec.window, None, self.spec.instrument, self.spec.granularity)
-        self._warm = False
-        self._pending: dict[int, np.void] = {}  # live bars not merged yet, by open time
-        self._request: wire.HistoryRequest | None = None  # the history request awaiting a reply
+        alignment = self.config.router.alignment
+        self.merge = BarMerge(self.spec.granularity, self.spec.window, alignment)
+        self.merge.counters = self.counters  # its counts are the brain's, in its heartbeats
+        self._sent: Wanted | None = None  # the history request last sent (resent if unanswered)
         self._requested_at = 0.0
-        self._gap_checked_until = -1  # bars up to this open time were asked of the history
+        self._tags = itertools.count()
+        self._tag = b""
         self._outbox: deque[wire.Target] = deque()  # decisions not yet answered, the first sent
         self._target_sent_at = 0.0
         self._topic = f"bar.{self.spec.instrument}.{self.spec.granularity}"
@@ -84,7 +90,7 @@ class Brain(Service):
         self.on(self._bars, self._on_bars)
         self.on(self._history, self._on_history)
         self.on(self._orders, self._on_reply)
-        self._ask_history(None)
+        self._ask_history()
 
     def _spec(self) -> BrainConfig:
         if self._given is not None:
@@ -97,23 +103,28 @@ class Brain(Service):
 
     def idle(self) -> None:
         # A request sent while the router was away is lost with its connection: ask again.
-        request = self._request
-        if request is not None and time.monotonic() - self._requested_at > HISTORY_RETRY_S:
+        if (
+            self.merge.wanted is not None
+            and time.monotonic() - self._requested_at > HISTORY_RETRY_S
+        ):
             self.counters["history_retries"] += 1
-            self._send(request)
+            self._ask_history(again=True)
         if self._outbox and time.monotonic() - self._target_sent_at > TARGET_RETRY_S:
             self.counters["target_retries"] += 1
             self._send_target()
 
-    def _ask_history(self, end_ns: int | None) -> None:
-        self._request = wire.HistoryRequest(
-            self.spec.instrument, self.spec.granularity, self.spec.window, end_ns
+    def _ask_history(self, again: bool = False) -> None:
+        """Send the request the merge waits for, once (or `again`, with the same tag)."""
+        wanted = self.merge.wanted
+        if wanted is None or (wanted is self._sent and not again):
+            return
+        if wanted is not self._sent:
+            self._tag = b"%d" % next(self._tags)
+        request = wire.HistoryRequest(
+            self.spec.instrument, self.spec.granularity, wanted.count, wanted.end_ns
         )
-        self._send(self._request)
-
-    def _send(self, request: wire.HistoryRequest) -> None:
-        self._requested_at = time.monotonic()
-        self._history.send_multipart(wire.frames("history", request))
+        self._history.send_multipart([self._tag, *wire.frames("history", request)])
+        self._sent, self._requested_at = wanted, time.monotonic()
 
     def _bars_of(self, parts: list[bytes], topic: str | None = None) -> np.ndarray | None:
         decoded = self.decode(parts)
@@ -139,70 +150,41 @@ class Brain(Service):
         bars = self._bars_of(parts, self._topic)
         if bars is None:
             return
-        last = self._last_time()
-        for bar in bars:
-            # No copy: the row is a view that keeps the message's immutable buffer alive.
-            if int(bar["time"]) > last:
-                self._pending[int(bar["time"])] = bar
-            else:
-                self.counters["bars_seen_twice"] += 1
-        self._advance()
+        self._take(self.merge.live(bars))
+        self._ask_history()
 
     def _on_history(self, parts: list[bytes]) -> None:
-        bars = self._bars_of(parts)
-        if bars is None:
-            return
-        if self._request is None:
+        tag, *reply = parts
+        if len(reply) != 2 or tag != self._tag or self.merge.wanted is not self._sent:
             self.counters["history_stale"] += 1  # the answer to a retried request came twice
             return
-        end_ns, self._request = self._request.end_ns, None
-        bars = np.sort(bars, order="time")
-        if end_ns is not None:
-            bars = bars[bars["time"] < end_ns]
-            self._gap_checked_until = end_ns
-        new = bars[bars["time"] > self._last_time()]
-        self.counters["history_bars"] += len(new)
-        if not self._warm:
-            self.series.extend(new)
-            self._warm = True
+        bars = self._bars_of(reply)
+        if bars is None:
+            return
+        if self.merge.warm:
+            self._take(self.merge.history(bars))
+        else:
+            before = self.counters["history_bars"]
+            merged = self.merge.history(bars)
+            history = self.counters["history_bars"] - before  # the first of `merged`
+            self.series.extend(merged[:history])
             self.counters["warmups"] += 1
             self.log.info("warmed up with %d bars", len(self.series))
             self.heartbeat()  # the supervisor holds the feeders back until it hears this
             if len(self.series):
                 self._decide()  # maybe sent before a restart: the trader refuses a duplicate
-        else:
-            for bar in new:
-                self._take(bar)
-        self._advance()
+            self._take(merged[history:])
+        self._ask_history()
 
-    def _advance(self) -> None:
-        """Merge buffered live bars in time order, stopping at a gap until history fills it."""
-        if self._request is not None:
-            return
-        for t in sorted(self._pending):
-            bar = self._pending.pop(t)
-            if t <= self._last_time():
-                self.counters["bars_seen_twice"] += 1
-                continue
-            follows = len(self.series) and t <= self._expected_next()
-            if not follows and t > self._gap_checked_until:
-                self._pending[t] = bar
-                self.counters["gaps"] += 1
-                self._ask_history(t)
-                return
-            self._take(bar)
-
-    def _take(self, bar: np.void) -> None:
-        self.series.append(bar)
-        if self._warm:
+    def _take(self, bars: np.ndarray) -> None:
+        """Decide on each merged bar in turn, as the window it ends."""
+        for bar in bars:
+            self.series.append(bar)
             self._decide()
 
     def _last_time(self) -> int:
         last = self.series.last
         return -1 if last is None else int(last["time"])
-
-    def _expected_next(self) -> int:
-        return next_open(self._last_time(), self.spec.granularity, self.config.router.alignment)
 
     def _decide(self) -> None:
         bar_time = self._last_time()

@@ -89,18 +89,19 @@ class Router:
         )
         self.pub.send_multipart(wire.frames("tick.EUR_USD", wire.Ticks.of("EUR_USD", ticks)))
 
-    def request(self, process: str) -> tuple[bytes, wire.HistoryRequest]:
+    def request(self, process: str) -> tuple[list[bytes], wire.HistoryRequest]:
+        """The next history request and its envelope (identity and tag), echoed in the answer."""
         wait_for(
             lambda: self.system.alive(process) or self.history.poll(50), TIMEOUT, "history request"
         )
-        identity, _, payload = self.history.recv_multipart()
+        *envelope, _, payload = self.history.recv_multipart()
         request = wire.decode(payload)
         assert isinstance(request, wire.HistoryRequest)
-        return identity, request
+        return envelope, request
 
-    def answer(self, identity: bytes, indices: list[int]) -> None:
+    def answer(self, envelope: list[bytes], indices: list[int]) -> None:
         message = wire.Bars.of("EUR_USD", "M1", BARS[indices])
-        self.history.send_multipart([identity, *wire.frames("history", message)])
+        self.history.send_multipart([*envelope, *wire.frames("history", message)])
 
 
 def system_for(home: Path, monkeypatch) -> LiveSystem:
@@ -176,7 +177,7 @@ def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
     expect(merged)  # and nothing else came in between
     counters = system.wait_counter("b1", "targets", 8, TIMEOUT)
     assert counters["targets"] == 8 and counters["gaps"] == 2
-    assert counters["bars_seen_twice"] == 2  # live 41 once more after history, and 43
+    assert counters["seen_twice"] == 2  # live 41 once more after history, and 43
 
 
 def test_a_target_lost_with_the_trader_is_resent_before_any_later_one(system):
@@ -352,3 +353,21 @@ def test_repeat_filter_lets_a_message_through_once_per_interval_with_the_count()
         "rejected (rate) [and 4 more like it in the last 12 s, not logged]",
         "4 more like it in the last 12 s, not logged: rejected (halted)",
     ]
+
+
+def test_a_late_twin_of_a_retried_history_request_is_not_taken_for_a_newer_one(system):
+    router = Router(system)
+    system.start("brain", "b1")
+    router.wait_subscription("bar.EUR_USD.M1", "b1")
+    first, _ = router.request("b1")
+    twin, _ = router.request("b1")  # unanswered for HISTORY_RETRY_S: asked again, same tag
+    assert twin == first
+    router.answer(first, list(range(0, 20)))
+    router.bar(23)  # 20 to 22 missing: a new request
+    gap, request = router.request("b1")
+    assert gap != first and request.end_ns == int(BARS["time"][23])
+    router.answer(twin, list(range(0, 20)))  # late: it must not pass for the gap's answer
+    router.answer(gap, list(range(10, 23)))
+    counters = system.wait_counter("b1", "targets", 5, TIMEOUT)  # warm-up, then 20 to 23
+    assert counters["history_stale"] == 1 and counters["gaps"] == 1
+    assert counters["history_retries"] == 1
