@@ -219,8 +219,8 @@ class Journal:
         The order is filled once its fills add up to its units; until then it stays open. Return
         False (and change nothing) if this fill (its `fill_id`, else its client id) is journaled
         already; raise IntegrityError for a fill of an order that was never journaled. With
-        `adopt`, the fill is one the broker made and nobody here sent (a stop-loss, a take-profit,
-        a trade placed by hand): its order is journaled with it, in the same transaction, so a
+        `adopt`, the fill is of an order the journal does not have (a stop-loss, a take-profit, a
+        trade placed by hand, an order of ours a restored journal lost): its order is journaled with it, in the same transaction, so a
         kill between the two cannot leave an open order behind to be sent again.
         """
         fill_id = fill.fill_id or fill.client_id
@@ -230,7 +230,10 @@ class Journal:
                 order = wire.Order(
                     fill.brain, fill.instrument, fill.units, fill.client_id, fill.time_ns
                 )
-                why = "adopted: a fill of the broker's own (stop-loss, take-profit or manual trade)"
+                why = (
+                    "adopted: a fill the journal had no order for (a stop-loss, a take-profit, a "
+                    "manual trade, or an order of ours the journal lost)"
+                )
                 self.record(order, "order", "new", now_ns, reason=why)  # inside this transaction
             db.execute(
                 "INSERT INTO fills (fill_id, client_id, brain, instrument, units, price,"

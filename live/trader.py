@@ -394,12 +394,13 @@ class Trader(Service):
             except sqlite3.IntegrityError:
                 if self.journal.lookup(fill.client_id) is not None:
                     raise  # the order is there: not a fill to adopt, a fault to crash on
-                # No order of ours: the broker's own (a stop-loss, a take-profit, a trade placed
-                # by hand). It is the account's position all the same, so it is journaled.
+                # No order journaled: the broker's own (a stop-loss, a take-profit, a trade placed
+                # by hand) or one of ours the journal lost. It is the account's position all the
+                # same, so it is journaled.
                 recorded = self.journal.record_fill(fill, book, now_ns(), adopt=True)
                 self.counters["fills_adopted"] += 1
                 self.log.info(
-                    "adopted a fill of no order of ours: %s %+d %s at %s",
+                    "adopted a fill of no journaled order: %s %+d %s at %s",
                     fill.client_id, fill.units, fill.instrument, fill.price,
                 )  # fmt: skip
             if not recorded:
