@@ -219,6 +219,25 @@ def runs(session: Session, args: argparse.Namespace) -> pd.DataFrame:
     return pd.DataFrame(list_runs(RunDir(session.home(args.home)), args.job))
 
 
+class LogLines:
+    """The end of a log, shown as ``osm logs`` prints it; ``lines`` holds them, oldest first."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def __repr__(self) -> str:
+        return "\n".join(self.lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
+def logs(session: Session, args: argparse.Namespace) -> LogLines:
+    """``%osm logs NAME [--lines N]``: the last lines of a process's or job's log, across the
+    files it rotated to, as in a terminal."""
+    return LogLines(cli.log_lines(session.home(args.home), args.name, args.lines))
+
+
 def terminal_only(session: Session, args: argparse.Namespace) -> Any:
     raise ConfigError(
         f"{args.command} runs in a terminal, not in a notebook; "
@@ -246,7 +265,7 @@ ROUTES = {
     "jobs": jobs,
     "schedule": schedule,
     "runs": runs,
-    "logs": terminal_only,
+    "logs": logs,
     "keys": terminal_only,
     "demo": terminal_only,
 }

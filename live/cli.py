@@ -707,15 +707,24 @@ def cmd_runs(home: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logs(home: Path, args: argparse.Namespace) -> int:
-    path = RunDir(home).home / "logs" / f"{Path(args.name).name}.log"
+def log_lines(home: Path, name: str, lines: int) -> list[str]:
+    """The last `lines` lines of ``logs/NAME.log`` in `home`, its rotated generations
+    (``NAME.log.3`` .. ``NAME.log.1``) before it, oldest first."""
+    from osm.live.jobs import tail
+
+    if lines < 1:
+        raise ConfigError(f"--lines must be at least 1, got {lines}")
+    path = RunDir(home).home / "logs" / f"{Path(name).name}.log"
     if not path.exists():
         names = sorted(p.stem for p in path.parent.glob("*.log"))
         raise ConfigError(
-            f"no log named {args.name!r} in {path.parent}; there are: {', '.join(names) or 'none'}"
+            f"no log named {name!r} in {path.parent}; there are: {', '.join(names) or 'none'}"
         )
-    lines = path.read_text(errors="replace").splitlines()
-    print("\n".join(lines[-args.lines :]))
+    return tail(path, lines)
+
+
+def cmd_logs(home: Path, args: argparse.Namespace) -> int:
+    print("\n".join(log_lines(home, args.name, args.lines)))
     return 0
 
 
@@ -866,7 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs = sub.add_parser("logs", parents=[common], help="the end of a process's or job's log")
     logs.add_argument("name", help="supervisor, router, trader, a feed, a brain or a job")
-    logs.add_argument("--lines", type=int, default=40)
+    logs.add_argument(
+        "--lines", type=int, default=40, help="how many, across rotated files (default 40)"
+    )
     logs.set_defaults(func=cmd_logs)
 
     demo = sub.add_parser(

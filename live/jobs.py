@@ -9,9 +9,10 @@ removed is acted on within a second.
 
 **The runner** (:class:`JobRunner`, driven by the supervisor's loop) starts each enabled job as
 ``python -m papermill NOTEBOOK runs/JOB/STAMP.ipynb -f runs/JOB/STAMP.parameters.json`` in a
-session of its own, papermill's output in ``runs/JOB/STAMP.log``. The run directory and the job's
-name are injected as the parameters ``home`` and ``job``; each incarnation gets a fresh secret in
-``OSM_PROCESS_TOKEN``, which papermill's kernel inherits: the brain in the kernel heartbeats with it,
+session of its own, papermill's output (and its kernel's) in ``runs/JOB/STAMP.log`` through a
+:class:`LogPump`. The run directory and the job's name are injected as the parameters ``home``
+and ``job``; each incarnation gets a fresh secret in ``OSM_PROCESS_TOKEN``, which papermill's
+kernel inherits: the brain in the kernel heartbeats with it,
 and the runner knows the beat for the job's by that token alone (the kernel is a grandchild, in a
 session jupyter_client made for it, so neither its pid nor its process group is the job's).
 
@@ -35,10 +36,15 @@ then ``waiting``), restarts a crash only while the window is open and leaves a c
 close to the next opening. Windows are judged on ``now()``, an injectable UTC clock; backoff and
 heartbeats on the monotonic ``clock``.
 
-**Logs rotate**: a run's papermill log ``runs/JOB/STAMP.log`` is copied to ``STAMP.log.1`` (older
-generations shifted up to LOG_BACKUPS) and truncated once it passes LOG_MAX_BYTES (papermill
-appends, so it writes on at the start of the emptied file), and the brain's ``logs/JOB.log``
-rotates the same way through :func:`rotating_handler`.
+**Logs rotate** by renaming, which loses no line: a run's log ``runs/JOB/STAMP.log`` becomes
+``STAMP.log.1`` (older generations shifted up to LOG_BACKUPS, the oldest dropped) at the first line
+end past LOG_MAX_BYTES. Papermill and its kernel do not write the file: they write to a pipe, and
+the runner's :class:`LogPump` thread, the file's only writer, appends what comes out of it and
+renames between two writes. (A file a child writes through an fd of its own can be neither
+renamed, the child would write on into the old generation, nor copied and emptied, which loses
+what it writes in between.) The brain's ``logs/JOB.log`` has one writer too, the kernel's
+:func:`rotating_handler`, and rotates the same way. :func:`tail` reads a log across its
+generations, oldest first.
 """
 
 from __future__ import annotations
@@ -53,10 +59,12 @@ import logging.handlers
 import os
 import re
 import secrets
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +89,7 @@ HEALTHY_S = 30.0  # a job beating this long has its restarts toward the cap forg
 BACKOFF_CAP_S = 30.0
 LOG_MAX_BYTES = 10 * 2**20  # a job's log past this size rotates
 LOG_BACKUPS = 3  # rotated generations kept: LOG.1 (newest) to LOG.3
+PUMP_DRAIN_S = 2.0  # a run's end: longest wait for the rest of its output to be written
 KEEP_RUNS = 100  # archived runs kept per job; older ones are deleted as a new one starts
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
@@ -246,28 +255,174 @@ def _encode_window(window: Window | None) -> str | None:
     return None if window is None else msgspec.json.encode(window).decode()
 
 
-def rotate(path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> bool:
-    """Copy `path` to ``path.1`` and empty it once it passed `max_bytes` (True: it did).
+def rotate(path: Path, backups: int = LOG_BACKUPS) -> None:
+    """Rename `path` to ``path.1``, the generations before it up one (``.1`` to ``.2``...), and
+    drop the oldest past `backups` (at least 1).
 
-    The generations before move up one (``.1`` to ``.2``...), the oldest past `backups` is
-    dropped. The file is emptied in place, not replaced, because a process that appends to it
-    (papermill, through the fd it inherited) writes on at its new end.
+    A rename moves no byte, so no line is lost, provided `path` has one writer that calls this
+    between two of its writes and then opens a new `path`: a process writing through an fd of its
+    own would write on into ``path.1``.
     """
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
     for n in range(backups - 1, 0, -1):
         older = path.with_name(f"{path.name}.{n}")
         if older.exists():
             older.replace(path.with_name(f"{path.name}.{n + 1}"))
-    with open(path, "rb") as source, open(path.with_name(f"{path.name}.1"), "wb") as copy:
-        os.fchmod(copy.fileno(), 0o600)
-        while chunk := source.read(2**20):
-            copy.write(chunk)
-    os.truncate(path, 0)
-    return True
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
+class LogPump:
+    """A run's log: the pipe its processes write to, and the thread that appends it to the file.
+
+    Papermill, its kernel and whatever they start inherit the pipe's write end
+    (:attr:`write_fd`) as stdout and stderr. The thread, named ``log-JOB``, is the file's only
+    writer: it copies the bytes as they come (never decoded, so no byte can trip it) and rotates
+    (:func:`rotate`) at the first line end past `max_bytes`, between two writes, so every line is
+    in exactly one generation, whole. It ends at the pipe's end of file, when every process of
+    the job has exited, or when :meth:`close` gives up waiting for that.
+
+    The supervisor's loop never reads the pipe: a job writing faster than the disk takes waits
+    on its own writes, never the loop. A write that fails (a full disk) is logged once, its bytes
+    counted in :attr:`dropped`, and the thread reads on, so the job never blocks on a pipe nobody
+    empties. A supervisor that stops stops its jobs first and waits for their last bytes; one
+    that is killed loses what was still in the pipe (at most its 64 KiB), and the job it leaves
+    behind has its writes fail from then on (EPIPE; its processes carry on). What the file holds
+    stays, and nothing is written twice: a restarted supervisor starts a new run, with a log of
+    its own.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, log: logging.Logger) -> None:
+        self.path, self.max_bytes, self.backups, self.log = path, max_bytes, backups, log
+        self.dropped = 0  # bytes whose write failed
+        self.rotations = 0
+        self._fd = self._open()  # here, not in the thread: the run's log exists from its start
+        self._size = os.fstat(self._fd).st_size
+        self._read_fd, self.write_fd = os.pipe()  # neither inherited by other children (PEP 446)
+        self._stopping = threading.Event()
+        self._stop_by = 0.0
+        self._failing = False
+        self._thread = threading.Thread(
+            target=self._pump, name=f"log-{path.parent.name}", daemon=True
+        )
+        self._thread.start()
+
+    def release(self) -> None:
+        """Close the write end here once the job's processes hold it: their exit ends the pipe."""
+        os.close(self.write_fd)
+
+    def close(self, timeout_s: float = PUMP_DRAIN_S) -> None:
+        """Wait up to `timeout_s` for the pipe's end and the last bytes written; past that (a
+        process the job left behind still holds the pipe), write what it holds and stop."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self.log.warning(
+                "%s: a process outside the job's known tree still holds its log; no longer read",
+                self.path,
+            )
+            self._stop_by = time.monotonic() + 1.0
+            self._stopping.set()
+            self._thread.join(timeout_s)
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def _pump(self) -> None:
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        try:
+            while True:
+                stopping = self._stopping.is_set()
+                if not poller.poll(0 if stopping else 250):
+                    if stopping:
+                        return  # close() gave up waiting, and nothing more is buffered
+                    continue
+                data = os.read(self._read_fd, 2**16)
+                if not data:
+                    return  # end of file: every process holding the write end has exited
+                self._take(data)
+                if stopping and time.monotonic() > self._stop_by:
+                    return  # a writer left behind writes on: stop anyway
+        except Exception:
+            self.log.exception("the log of %s is no longer written", self.path)
+        finally:
+            os.close(self._read_fd)  # a writer left behind gets EPIPE, never blocks
+            os.close(self._fd)
+
+    def _take(self, data: bytes) -> None:
+        """Append `data`, rotating after each line end that brings the file past max_bytes."""
+        while data:
+            # data[i] ends up at offset size + i: the file reaches max_bytes at i = max - size - 1
+            end = data.find(b"\n", max(0, self.max_bytes - self._size - 1))
+            if end < 0:
+                self._write(data)
+                return
+            self._write(data[: end + 1])
+            self._rotate()
+            data = data[end + 1 :]
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                self._size += written
+                view = view[written:]
+        except OSError as exc:
+            self.dropped += len(view)
+            if not self._failing:
+                self.log.warning("cannot write %s, its lines are dropped: %s", self.path, exc)
+            self._failing = True
+            return
+        if self._failing:
+            self.log.info("writing %s again; %d bytes were dropped", self.path, self.dropped)
+            self._failing = False
+
+    def _rotate(self) -> None:
+        try:
+            rotate(self.path, self.backups)
+            fd = self._open()
+        except OSError as exc:  # the file stays whole, in one generation or the next: no loss
+            self.log.warning("cannot rotate %s, writing on: %s", self.path, exc)
+            self._size = 0  # tried again after another max_bytes
+            return
+        os.close(self._fd)
+        self._fd, self._size = fd, 0
+        self.rotations += 1
+
+
+def generations(path: Path) -> list[Path]:
+    """The files of a rotated log, oldest first: ``LOG.N`` .. ``LOG.1``, then ``LOG``."""
+    rotated = []
+    for older in path.parent.glob(f"{glob.escape(path.name)}.*"):
+        number = older.name[len(path.name) + 1 :]
+        if number.isdigit():
+            rotated.append((int(number), older))
+    return [older for _, older in sorted(rotated, reverse=True)] + [path]
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of the log `path`, across its rotated generations, oldest first.
+
+    Files are opened newest first and a file met twice is read once, so a rotation meanwhile
+    shows nothing twice (a generation rotated past between two opens is missed).
+    """
+    chunks: list[bytes] = []
+    seen: set[tuple[int, int]] = set()
+    found = 0
+    for file in reversed(generations(path)):
+        try:
+            with open(file, "rb") as log:
+                stat = os.fstat(log.fileno())
+                if (stat.st_dev, stat.st_ino) in seen:
+                    continue
+                seen.add((stat.st_dev, stat.st_ino))
+                chunks.append(log.read())
+        except FileNotFoundError:
+            continue
+        found += chunks[-1].count(b"\n")
+        if found > lines:
+            break
+    text = b"".join(reversed(chunks)).decode(errors="replace")
+    return text.splitlines()[-lines:] if lines > 0 else []
 
 
 def rotating_handler(
@@ -359,6 +514,7 @@ class Run:
     next_tree: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     pid: int | None = None  # the brain's (the kernel's), from its heartbeats
+    pump: LogPump | None = None  # of this incarnation's log, until its output is all written
 
 
 class JobRunner:
@@ -374,6 +530,7 @@ class JobRunner:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = utc_now,
         log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
     ) -> None:
         self.rundir, self.max_restarts, self.backoff_s, self.stall_s = (
             rundir,
@@ -382,7 +539,8 @@ class JobRunner:
             stall_s,
         )
         self.env = dict(env or os.environ)
-        self.clock, self.now, self.log_max_bytes = clock, now, log_max_bytes
+        self.clock, self.now = clock, now
+        self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self.log = logging.getLogger("osm.jobs")
         self.runs: dict[str, Run] = {}
         self.store = JobStore(rundir)
@@ -489,16 +647,20 @@ class JobRunner:
         command = [sys.executable, "-m", "papermill", str(notebook), str(run.output)]
         command += ["-f", str(params_path), "-k", "python3", "--no-progress-bar", "--log-output"]
         run.token = secrets.token_hex(16)
-        with open(folder / f"{stamp}.log", "ab") as log:
+        pump = LogPump(folder / f"{stamp}.log", self.log_max_bytes, self.log_backups, self.log)
+        try:
             run.popen = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=pump.write_fd,
                 stderr=subprocess.STDOUT,
                 cwd=folder,
                 env={**self.env, PROCESS_TOKEN_ENV: run.token},
                 start_new_session=True,  # its own group: a signal to ours does not reach it
             )
+        finally:
+            pump.release()  # papermill holds it now (if it started): the pipe ends with the job
+        run.pump = pump
         run.state, run.started, run.last_beat, run.first_beat = "starting", self.clock(), None, None
         run.exit_code, run.tree, run.next_tree, run.counters = None, {}, 0.0, {}
         self.log.info(
@@ -514,8 +676,6 @@ class JobRunner:
         if now >= run.next_tree:
             run.next_tree = now + TREE_S
             self._remember_tree(run)
-            if run.output is not None:
-                rotate(run.output.with_suffix(".log"), self.log_max_bytes)
         code = run.popen.poll()
         if code is not None:
             run.popen, run.exit_code = None, code
@@ -579,6 +739,9 @@ class JobRunner:
 
     def _ended(self, run: Run) -> str | None:
         """Archive how the run ended beside its notebook; return its error (None: none)."""
+        if run.pump is not None:  # the tree is gone: the pipe ends, the log gets its last lines
+            run.pump.close()
+            run.pump = None
         if run.output is None:
             return None
         error = notebook_error(run.output)

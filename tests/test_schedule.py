@@ -14,6 +14,9 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -32,9 +35,10 @@ from osm.live.jobs import (
     Job,
     JobRunner,
     JobStore,
+    LogPump,
+    generations,
     list_runs,
     prune_runs,
-    rotate,
     rotating_handler,
 )
 from osm.live.schedule import FX_WEEK, Window, window, window_at
@@ -396,21 +400,157 @@ def test_the_schedule_magic_is_the_command(home, monkeypatch):
 # -- logs ------------------------------------------------------------------------------------
 
 
-def test_a_log_past_its_limit_rotates_and_the_writer_writes_on(tmp_path):
+WRITER = (  # numbered lines, one write each, in bursts: a process logging while rotations happen
+    "import os, sys, time\n"
+    "for i in range(int(sys.argv[1])):\n"
+    "    os.write(1, b'n=%08d\\n' % i)\n"
+    "    if i % 10 == 9:\n"
+    "        time.sleep(0.0001)\n"
+)
+
+
+def _numbers(path: Path) -> list[int]:
+    """The numbers WRITER wrote, as they stand across the log's generations, oldest first."""
+    text = "".join(p.read_text() for p in generations(path) if p.exists())
+    written = [line for line in text.splitlines() if "n=" in line]
+    assert all(re.fullmatch(r"n=\d{8}", line) for line in written), "a line was cut"
+    return [int(line[2:]) for line in written]
+
+
+def test_a_job_log_rotated_many_times_while_its_kernel_writes_loses_no_line(
+    home, tmp_path, runners, monkeypatch
+):
+    # The kernel starts WRITER on the fd the job's log came in through, so a child process
+    # writes the log while the runner rotates it.
+    monkeypatch.setattr(jobs, "TREE_S", 0.0)  # look at the job at every step
+    lines = 100_000
+    cell = (
+        "import io, subprocess, sys\n"
+        "try:\n"
+        "    out = sys.stdout.fileno()  # ipykernel's copy of its fd 1, when it captures fd 1\n"
+        "except io.UnsupportedOperation:\n"
+        "    out = 1  # not captured (so under pytest): fd 1 is the job's log\n"
+        f"done = subprocess.run([sys.executable, '-c', {WRITER!r}, '{lines}'], stdout=out,"
+        " check=True)"
+    )
+    notebook = _notebook(tmp_path / "writer.ipynb", [cell])
+    runner = runners(home, log_max_bytes=10_000, log_backups=500)
+    with JobStore(RunDir(home)) as store:
+        store.add(Job(name="n1", notebook=str(notebook)))
+    runner.watch()
+    run = runner.runs["n1"]
+    log = run.output.with_suffix(".log")
+    wait_for(_stepped(runner, lambda: run.popen is None), KERNEL_S, "the writer's notebook to end")
+    assert (run.state, run.exit_code) == ("exited", 0)
+
+    assert _numbers(log) == list(range(lines))  # each once, in order: none lost, none twice
+    files = [p for p in generations(log) if p.exists()]
+    assert len(files) > 30  # 100,000 lines of 11 bytes, rotated every 10,000 bytes or so
+    assert not log.with_name(f"{log.name}.500").exists()  # none dropped: all are counted
+    assert "Ending Cell" in log.read_text()  # papermill's last words, written before the end
+
+
+def test_the_log_pump_rotates_at_line_ends_and_loses_or_repeats_nothing(tmp_path):
     path = tmp_path / "run.log"
-    with open(path, "ab", buffering=0) as writer:  # as papermill's stdout holds it
-        writer.write(b"a" * 150)
-        assert rotate(path, max_bytes=200, backups=2) is False
-        writer.write(b"b" * 100)
-        assert rotate(path, max_bytes=200, backups=2) is True
-        writer.write(b"c" * 10)
-        for letter in b"de":
-            writer.write(bytes([letter]) * 300)
-            assert rotate(path, max_bytes=200, backups=2) is True
-    assert path.read_bytes() == b""
-    assert path.with_name("run.log.1").read_bytes() == b"e" * 300
-    assert path.with_name("run.log.2").read_bytes() == b"c" * 10 + b"d" * 300
-    assert not path.with_name("run.log.3").exists()  # the oldest ("a" and "b") dropped: two kept
+    pump = LogPump(path, max_bytes=1_000, backups=100, log=logging.getLogger("test.pump"))
+    try:
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, "5000"], stdout=pump.write_fd)
+    finally:
+        pump.release()
+    assert writer.wait(30) == 0
+    pump.close()
+    assert not pump._thread.is_alive()
+    assert _numbers(path) == list(range(5000))
+    files = generations(path)
+    assert pump.rotations == len(files) - 1 >= 50
+    # Every full generation ends at the first line end past 1,000 bytes; the last one is shorter.
+    assert all(1_000 <= p.stat().st_size < 1_011 for p in files[:-1])
+    assert all(p.read_bytes().endswith(b"\n") for p in files)
+    assert all(p.stat().st_mode & 0o077 == 0 for p in files)
+
+
+def test_the_log_pump_copies_any_byte_and_never_blocks_its_writer(tmp_path):
+    path = tmp_path / "run.log"
+    pump = LogPump(path, max_bytes=100, backups=100, log=logging.getLogger("test.pump"))
+    garbage = bytes(range(256)) * 4  # not UTF-8, NULs, line ends here and there
+    try:
+        code = f"import os; os.write(1, {garbage!r}); os.write(1, b'no line end')"
+        writer = subprocess.Popen([sys.executable, "-c", code], stdout=pump.write_fd)
+    finally:
+        pump.release()
+    assert writer.wait(30) == 0
+    pump.close()
+    files = generations(path)
+    assert len(files) == 4  # rotated at the first line end past 100 bytes: 266, 522, 778
+    assert b"".join(p.read_bytes() for p in files) == garbage + b"no line end"
+    assert all(p.read_bytes().endswith(b"\n") for p in files[:-1])
+
+    # A log that cannot be written (a full disk): the job's writes are dropped, counted and
+    # logged, never left in a pipe that fills up and blocks the job.
+    full = LogPump(Path("/dev/full"), max_bytes=2**30, backups=3, log=logging.getLogger("t"))
+    try:
+        code = "import os\nfor _ in range(64): os.write(1, b'x' * 16383 + b'\\n')"
+        writer = subprocess.Popen([sys.executable, "-c", code], stdout=full.write_fd)
+    finally:
+        full.release()
+    assert writer.wait(30) == 0  # 1 MiB through a 64 KiB pipe: it was read all along
+    full.close()
+    assert full.dropped == 64 * 16384
+
+
+def test_a_log_pump_left_with_a_writer_stops_when_closed(tmp_path):
+    path = tmp_path / "run.log"
+    pump = LogPump(path, max_bytes=10_000, backups=3, log=logging.getLogger("test.pump"))
+    code = "import os, time; os.write(1, b'before the end\\n'); time.sleep(60)"
+    try:
+        writer = subprocess.Popen([sys.executable, "-c", code], stdout=pump.write_fd)
+    finally:
+        pump.release()
+    try:
+        wait_for(lambda: path.read_bytes() == b"before the end\n", 30, "the first line")
+        started = time.monotonic()
+        pump.close(timeout_s=0.5)  # a process of the job's that outlived it holds the pipe
+        assert not pump._thread.is_alive() and time.monotonic() - started < 3
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_osm_logs_shows_the_last_lines_across_rotated_files(home, capsys):
+    path = RunDir(home).log_path("b1")
+    handler = rotating_handler(path, max_bytes=1_000, backups=3)  # as a job's brain logs
+    log = logging.getLogger("test_schedule.logs")
+    log.addHandler(handler)
+    try:
+        for i in range(60):
+            log.warning("decision %03d %s", i, "x" * 20)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    current = path.read_text().splitlines()
+    assert 0 < len(current) < 25 and path.with_name("b1.log.2").exists()  # 25 spans 3 files
+    wanted = [f"decision {i:03d} {'x' * 20}" for i in range(35, 60)]
+
+    assert cli.main(["logs", "b1", "--lines", "25", "--home", str(home)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert [line.partition("test_schedule.logs: ")[2] for line in shown] == wanted
+    assert shown[-len(current) :] == current
+
+    assert cli.main(["logs", "b1", "--lines", "0", "--home", str(home)]) == 2
+    assert "--lines must be at least 1, got 0" in capsys.readouterr().err
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    try:
+        shell.run_line_magic("load_ext", "osm")
+        tail = shell.run_line_magic("osm", f"logs b1 --lines 25 --home {home}")
+        assert tail.lines == shown and repr(tail) == "\n".join(shown)
+        with pytest.raises(OsmUsageError, match="no log named 'b2'"):
+            shell.run_line_magic("osm", f"logs b2 --home {home}")
+    finally:
+        shell.run_line_magic("unload_ext", "osm")
+        InteractiveShell.clear_instance()
 
 
 def test_the_brain_log_rotates_at_its_limit(tmp_path):
