@@ -79,7 +79,7 @@ from osm.core.errors import CONFIG_ERRORS, ConfigError, UnknownNameError
 from osm.core.rundir import RunDir, write_atomic
 from osm.live.schedule import Window, WindowState, window_at
 from osm.live.schedule import window as checked_window
-from osm.live.service import PROCESS_TOKEN_ENV
+from osm.live.service import PROCESS_TOKEN_ENV, SUPERVISOR_PID_ENV
 
 RELOAD_S = 1.0  # how often the store is read for added, stopped and removed jobs
 TREE_S = 1.0  # how often a job's process tree is looked up
@@ -655,8 +655,14 @@ class JobRunner:
                 stdout=pump.write_fd,
                 stderr=subprocess.STDOUT,
                 cwd=folder,
-                env={**self.env, PROCESS_TOKEN_ENV: run.token},
-                start_new_session=True,  # its own group: a signal to ours does not reach it
+                env={
+                    **self.env,
+                    PROCESS_TOKEN_ENV: run.token,
+                    SUPERVISOR_PID_ENV: str(os.getpid()),
+                },
+                # Its own process group, so a signal to ours does not reach it, in our session,
+                # so a background priority reaches it (osm.live.priority).
+                process_group=0,
             )
         finally:
             pump.release()  # papermill holds it now (if it started): the pipe ends with the job

@@ -47,6 +47,9 @@ M = TypeVar("M", bound=wire.Message)
 CRASHED = 1  # exit status of a process whose handler or idle work raised
 REPEAT_S = 10.0  # a repeated log message is written at most once this often
 PROCESS_TOKEN_ENV = "OSM_PROCESS_TOKEN"  # the supervisor's secret for one child, in its heartbeats
+# The supervisor's pid, given to a job: its brain runs in papermill's kernel, the supervisor's
+# grandchild, whose parent outlives a supervisor killed with -9.
+SUPERVISOR_PID_ENV = "OSM_SUPERVISOR_PID"
 _NUMBERS = re.compile(r"\d+")
 _SNDMORE = int(zmq.SNDMORE)
 
@@ -98,6 +101,22 @@ def _held(count: int, seconds: float) -> str:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def _gone(supervisor: int) -> bool:
+    """Whether the supervisor `supervisor` is gone: this process was re-parented, or (a job's
+    process, the supervisor's grandchild) no process of that pid is ours any more."""
+    if os.getppid() == supervisor:
+        return False
+    if os.environ.get(SUPERVISOR_PID_ENV, "") != str(supervisor):
+        return True
+    try:
+        os.kill(supervisor, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return True  # its pid went to another user's process
+    return False
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
@@ -258,7 +277,8 @@ class Service:
             signal.signal(signal.SIGTERM, previous)
 
     def _serve(self) -> int:
-        parent = os.getppid()
+        given = os.environ.get(SUPERVISOR_PID_ENV, "")
+        parent = int(given) if given.isdigit() else os.getppid()
         self.setup()
         for monitor, _ in self.bus.monitors:
             self.on(monitor, self._on_monitor)
@@ -284,7 +304,7 @@ class Service:
                 if time.monotonic() >= self._next_heartbeat:
                     self._next_heartbeat = time.monotonic() + self.config.heartbeat_s
                     self.heartbeat()
-                    if os.getppid() != parent:
+                    if _gone(parent):
                         # The supervisor died (even by kill -9): no orphan keeps trading unwatched.
                         self.log.error("parent process %d is gone; stopping", parent)
                         self._running = False

@@ -273,3 +273,31 @@ def test_a_brain_whose_strategy_raises_fails_at_the_cap_and_no_secret_is_written
         (" ".join(o.args), s) for o in outputs for s in secrets_seen if s in o.stdout + o.stderr
     ]
     assert leaks == []
+
+
+def test_a_job_stops_whole_when_its_supervisor_is_killed(home):
+    """A job's brain runs in papermill's kernel, the supervisor's grandchild: a kill -9 of the
+    supervisor leaves its parent alive, yet it must stop trading as every other process does."""
+    config = msgspec.structs.replace(demo_config(), brains=[])
+    path = home.parent / f"{home.name}-config.json"
+    path.write_bytes(cfg.dump(config))
+    try:
+        done = osm(home, "up", "--config", str(path))
+        assert done.returncode == 0, done.stderr + done.stdout
+        done = osm(home, "jobs", "add", "b1", "--notebook", "live_brain", *[
+            arg for k, v in PARAMETERS.items() for arg in ("--param", f"{k}={json.dumps(v)}")
+        ])  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        job = wait_for(
+            lambda: next((j for j in status(home)["jobs"] if j["brain_pid"]), None),
+            240,
+            "the job's brain beating",
+        )
+        tree = _tree(job["pid"])
+        assert job["brain_pid"] in [p.pid for p in tree]
+        supervisor = status(home)["pid"]
+        os.kill(supervisor, signal.SIGKILL)
+        gone, alive = psutil.wait_procs(tree, timeout=60)
+        assert alive == [], [p.cmdline()[:3] for p in alive]
+    finally:
+        stop(home)
