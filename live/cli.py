@@ -710,7 +710,7 @@ def cmd_runs(home: Path, args: argparse.Namespace) -> int:
 def log_lines(home: Path, name: str, lines: int) -> list[str]:
     """The last `lines` lines of ``logs/NAME.log`` in `home`, its rotated generations
     (``NAME.log.3`` .. ``NAME.log.1``) before it, oldest first."""
-    from osm.live.jobs import tail
+    from osm.live.logfiles import tail
 
     if lines < 1:
         raise ConfigError(f"--lines must be at least 1, got {lines}")

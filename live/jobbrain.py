@@ -7,7 +7,7 @@ configured brain runs (warm-up from the router's history, one decision per close
 kernel's main thread until SIGTERM or `until`. Its heartbeats carry the token the supervisor gave
 the job (``OSM_PROCESS_TOKEN``, inherited through papermill), which is how the supervisor knows
 them for the job's whatever the kernel's pid. Its log goes to ``logs/JOB.log``, not to the cells,
-and rotates (:func:`osm.live.jobs.rotating_handler`): a brain runs for weeks.
+and rotates (:func:`osm.live.logfiles.rotating_handler`): a brain runs for weeks.
 
 A parameter that is missing or wrong raises a :class:`~osm.core.errors.ConfigError` at once, with
 one line that says which and how to fix it; an exception of the strategy is raised out of the cell,
@@ -29,8 +29,9 @@ import msgspec
 from osm.core import config as cfg
 from osm.core.errors import ConfigError, OsmError
 from osm.core.rundir import RunDir
+from osm.live import priority
 from osm.live.brain import Brain
-from osm.live.jobs import rotating_handler
+from osm.live.logfiles import rotating_handler
 from osm.live.preflight import importable_from
 from osm.research.walkforward import ParameterSchedule
 from osm.strategies.base import load_strategy
@@ -210,6 +211,9 @@ def run_brain(
     with importable_from(system.python_path):
         follower = ScheduleFollower(params_schedule, spec.strategy) if params_schedule else None
     log_to(rundir, spec.name)
+    # The kernel leads a session jupyter_client made for it: the supervisor's priority (which
+    # it inherited as a nice value) reaches the session's autogroup only from here.
+    priority.apply(system)
     brain = _JobBrain(spec.name, rundir, system, endpoints, spec=spec)
     brain.until_ns, brain.schedule = until_ns, follower
     with importable_from(system.python_path):

@@ -26,6 +26,7 @@ from osm.core.errors import ConfigError, UnknownNameError
 from osm.core.rundir import RunDir
 from osm.live.cli import demo_config
 from osm.live.jobs import NOTEBOOKS, Job, JobStore, list_runs
+from osm.live.priority import BACKGROUND_NICE
 from osm.live.service import PROCESS_TOKEN_ENV
 from tests.live_helpers import wait_for
 from tests.system_helpers import osm, status, stop
@@ -275,10 +276,10 @@ def test_a_brain_whose_strategy_raises_fails_at_the_cap_and_no_secret_is_written
     assert leaks == []
 
 
-def test_a_job_stops_whole_when_its_supervisor_is_killed(home):
+def test_a_job_runs_at_the_system_priority_and_stops_whole_when_its_supervisor_is_killed(home):
     """A job's brain runs in papermill's kernel, the supervisor's grandchild: a kill -9 of the
     supervisor leaves its parent alive, yet it must stop trading as every other process does."""
-    config = msgspec.structs.replace(demo_config(), brains=[])
+    config = msgspec.structs.replace(demo_config(), brains=[], priority="background")
     path = home.parent / f"{home.name}-config.json"
     path.write_bytes(cfg.dump(config))
     try:
@@ -295,6 +296,11 @@ def test_a_job_stops_whole_when_its_supervisor_is_killed(home):
         )
         tree = _tree(job["pid"])
         assert job["brain_pid"] in [p.pid for p in tree]
+        # The system's background priority reaches the job, the kernel's own session included.
+        assert {p.nice() for p in tree} == {BACKGROUND_NICE}
+        autogroup = Path(f"/proc/{job['brain_pid']}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == str(BACKGROUND_NICE)
         supervisor = status(home)["pid"]
         os.kill(supervisor, signal.SIGKILL)
         gone, alive = psutil.wait_procs(tree, timeout=60)

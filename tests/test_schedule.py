@@ -30,17 +30,8 @@ from osm.core import wire
 from osm.core.errors import ConfigError
 from osm.core.rundir import RunDir
 from osm.live import cli, jobs
-from osm.live.jobs import (
-    HEALTHY_S,
-    Job,
-    JobRunner,
-    JobStore,
-    LogPump,
-    generations,
-    list_runs,
-    prune_runs,
-    rotating_handler,
-)
+from osm.live.jobs import HEALTHY_S, Job, JobRunner, JobStore, list_runs, prune_runs
+from osm.live.logfiles import LogPump, generations, rotating_handler
 from osm.live.schedule import FX_WEEK, Window, window, window_at
 from osm.magics import OsmUsageError
 from tests.live_helpers import wait_for
