@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from osm.live import priority
 from osm.live.brain import Brain
 from osm.live.logfiles import rotating_handler
 from osm.live.preflight import importable_from
+from osm.live.service import SUPERVISOR_PID_ENV
 from osm.research.walkforward import ParameterSchedule
 from osm.strategies.base import load_strategy
 
@@ -211,11 +213,17 @@ def run_brain(
     with importable_from(system.python_path):
         follower = ScheduleFollower(params_schedule, spec.strategy) if params_schedule else None
     log_to(rundir, spec.name)
-    # The kernel leads a session jupyter_client made for it: the supervisor's priority (which
-    # it inherited as a nice value) reaches the session's autogroup only from here.
-    priority.apply(system)
+    # Set by the job runner only; removed, so nothing this kernel starts takes it for its own.
+    supervisor = os.environ.pop(SUPERVISOR_PID_ENV, "")
+    if supervisor.isdigit():
+        # The kernel leads a session jupyter_client made for it: the supervisor's priority
+        # (inherited as a nice value) reaches the session's autogroup only from here. Never
+        # in a notebook run by hand: that kernel is the user's.
+        priority.apply(system)
     brain = _JobBrain(spec.name, rundir, system, endpoints, spec=spec)
     brain.until_ns, brain.schedule = until_ns, follower
+    if supervisor.isdigit():
+        brain.watch(int(supervisor))
     with importable_from(system.python_path):
         try:
             brain.run_embedded()

@@ -70,7 +70,7 @@ import psutil
 from osm.core import wire
 from osm.core.errors import CONFIG_ERRORS, ConfigError, UnknownNameError
 from osm.core.rundir import RunDir, write_atomic
-from osm.live.logfiles import LOG_BACKUPS, LOG_MAX_BYTES, LogPump
+from osm.live.logfiles import LOG_BACKUPS, LOG_MAX_BYTES, LogPump, tail
 from osm.live.schedule import Window, WindowState, window_at
 from osm.live.schedule import window as checked_window
 from osm.live.service import PROCESS_TOKEN_ENV, SUPERVISOR_PID_ENV
@@ -566,7 +566,9 @@ class JobRunner:
         if error is None and run.exit_code is not None and run.exit_code < 0:
             error = f"papermill was killed by {signal.Signals(-run.exit_code).name}"
         elif error is None and run.exit_code:
-            error = _last_line(run.output.with_suffix(".log"))  # papermill's: "DeadKernelError..."
+            # papermill's: "DeadKernelError..."; the file may have just rotated after it
+            lines = tail(run.output.with_suffix(".log"), 5)
+            error = next((line.strip() for line in reversed(lines) if line.strip()), None)
         result = {"exit_code": run.exit_code, "error": error}
         with contextlib.suppress(OSError):
             write_atomic(run.output.with_suffix(".result.json"), json.dumps(result).encode())
@@ -649,11 +651,3 @@ class JobRunner:
 
 def _utc(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _last_line(path: Path) -> str | None:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return None
-    return lines[-1] if lines else None

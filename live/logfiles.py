@@ -2,7 +2,7 @@
 
 Logs rotate by renaming, which loses no line: a run's log ``runs/JOB/STAMP.log`` becomes
 ``STAMP.log.1`` (older generations shifted up to LOG_BACKUPS, the oldest dropped) at the first line
-end past LOG_MAX_BYTES. Papermill and its kernel do not write the file: they write to a pipe, and
+end past LOG_MAX_BYTES (within a line at twice that). Papermill and its kernel do not write the file: they write to a pipe, and
 the runner's :class:`LogPump` thread, the file's only writer, appends what comes out of it and
 renames between two writes. (A file a child writes through an fd of its own can be neither
 renamed, the child would write on into the old generation, nor copied and emptied, which loses
@@ -57,7 +57,8 @@ class LogPump:
     counted in :attr:`dropped`, and the thread reads on, so the job never blocks on a pipe nobody
     empties. A supervisor that stops stops its jobs first and waits for their last bytes; one
     that is killed loses what was still in the pipe (at most its 64 KiB), and the job it leaves
-    behind has its writes fail from then on (EPIPE; its processes carry on). What the file holds
+    behind has its writes fail from then on (EPIPE: a Python process carries on, another may die
+    of SIGPIPE), until its brain sees the supervisor gone and stops it. What the file holds
     stays, and nothing is written twice: a restarted supervisor starts a new run, with a log of
     its own.
     """
@@ -120,16 +121,20 @@ class LogPump:
             os.close(self._fd)
 
     def _take(self, data: bytes) -> None:
-        """Append `data`, rotating after each line end that brings the file past max_bytes."""
+        """Append `data`, rotating after each line end that brings the file past max_bytes, or
+        in a line at twice max_bytes (output without line ends, a progress bar's ``\r``, must
+        not grow one file without bound)."""
         while data:
+            hard = max(0, 2 * self.max_bytes - self._size)
             # data[i] ends up at offset size + i: the file reaches max_bytes at i = max - size - 1
             end = data.find(b"\n", max(0, self.max_bytes - self._size - 1))
-            if end < 0:
+            if end < 0 and len(data) <= hard:
                 self._write(data)
                 return
-            self._write(data[: end + 1])
+            cut = hard if end < 0 else min(end + 1, hard)
+            self._write(data[:cut])
             self._rotate()
-            data = data[end + 1 :]
+            data = data[cut:]
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
+import psutil
 import zmq
 
 from osm.core import wire
@@ -48,7 +49,8 @@ CRASHED = 1  # exit status of a process whose handler or idle work raised
 REPEAT_S = 10.0  # a repeated log message is written at most once this often
 PROCESS_TOKEN_ENV = "OSM_PROCESS_TOKEN"  # the supervisor's secret for one child, in its heartbeats
 # The supervisor's pid, given to a job: its brain runs in papermill's kernel, the supervisor's
-# grandchild, whose parent outlives a supervisor killed with -9.
+# grandchild, whose parent outlives a supervisor killed with -9. Read (and removed) by the job's
+# brain only (osm.live.jobbrain), so nothing a job starts inherits it.
 SUPERVISOR_PID_ENV = "OSM_SUPERVISOR_PID"
 _NUMBERS = re.compile(r"\d+")
 _SNDMORE = int(zmq.SNDMORE)
@@ -103,20 +105,13 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def _gone(supervisor: int) -> bool:
-    """Whether the supervisor `supervisor` is gone: this process was re-parented, or (a job's
-    process, the supervisor's grandchild) no process of that pid is ours any more."""
-    if os.getppid() == supervisor:
-        return False
-    if os.environ.get(SUPERVISOR_PID_ENV, "") != str(supervisor):
-        return True
+def started_at(pid: int) -> float | None:
+    """When process `pid` started (None: no such process, or a zombie, i.e. it has exited)."""
     try:
-        os.kill(supervisor, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return True  # its pid went to another user's process
-    return False
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:
+        return None
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
@@ -141,6 +136,7 @@ class Service:
         self.log = logging.getLogger(f"osm.{name}")
         self.bus = Bus(rundir, endpoints)
         self.counters: collections.Counter[str] = collections.Counter()
+        self._watched: tuple[int, float | None] | None = None  # see watch()
         self.started_ns = now_ns()
         self._handlers: dict[zmq.Socket, Handler] = {}
         self._poller = zmq.Poller()
@@ -276,9 +272,19 @@ class Service:
             self.log.removeFilter(self.repeats)
             signal.signal(signal.SIGTERM, previous)
 
+    def watch(self, supervisor: int) -> None:
+        """Watch `supervisor`, not the parent, for the supervisor's end: a job's brain, in
+        papermill's kernel, is its grandchild (its pid and start time tell a reused pid apart)."""
+        self._watched = (supervisor, started_at(supervisor))
+
+    def _supervisor_gone(self, parent: int) -> bool:
+        if self._watched is None:
+            return os.getppid() != parent
+        pid, started = self._watched
+        return started is None or started_at(pid) != started
+
     def _serve(self) -> int:
-        given = os.environ.get(SUPERVISOR_PID_ENV, "")
-        parent = int(given) if given.isdigit() else os.getppid()
+        parent = os.getppid() if self._watched is None else self._watched[0]
         self.setup()
         for monitor, _ in self.bus.monitors:
             self.on(monitor, self._on_monitor)
@@ -304,7 +310,7 @@ class Service:
                 if time.monotonic() >= self._next_heartbeat:
                     self._next_heartbeat = time.monotonic() + self.config.heartbeat_s
                     self.heartbeat()
-                    if _gone(parent):
+                    if self._supervisor_gone(parent):
                         # The supervisor died (even by kill -9): no orphan keeps trading unwatched.
                         self.log.error("parent process %d is gone; stopping", parent)
                         self._running = False

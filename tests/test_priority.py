@@ -4,12 +4,17 @@ and the user's own session is never touched."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from osm.core import config as cfg
 from osm.live.priority import BACKGROUND_NICE, is_background
+from osm.live.service import SUPERVISOR_PID_ENV, started_at
+from tests.live_helpers import wait_for
 from tests.system_helpers import osm, running_system, status
 
 MARKET = ["--start", "2024-03-05T08:00:00Z", "--granularities", "M1"]
@@ -65,9 +70,12 @@ def autogroup_nice(pid: int | str) -> int | None:
 
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+# Already as low as the system would go: nothing the tests see could tell a change.
+niced = pytest.mark.skipif(os.nice(0) >= BACKGROUND_NICE, reason="the tests run niced already")
 
 
 @linux_only
+@niced
 def test_a_flat_out_replay_runs_every_thread_at_background_priority_and_says_so(system, home):
     mine = os.nice(0), autogroup_nice("self")
     system("--speed", "0", *MARKET)
@@ -84,6 +92,7 @@ def test_a_flat_out_replay_runs_every_thread_at_background_priority_and_says_so(
 
 
 @linux_only
+@niced
 def test_a_flat_out_replay_asked_for_normal_priority_keeps_it(system, home):
     own = os.nice(0)
     system("--speed", "0", "--priority", "normal", *MARKET)
@@ -92,3 +101,25 @@ def test_a_flat_out_replay_asked_for_normal_priority_keeps_it(system, home):
     for pid in [state["pid"], *(p["pid"] for p in state["processes"])]:
         assert niceness(pid) == {own}, pid
     assert "priority" not in osm(home, "status").stdout.splitlines()[0]
+
+
+def test_the_supervisor_pid_a_job_is_given_is_no_other_process_s_business(system, home):
+    """Only a job's brain watches OSM_SUPERVISOR_PID: a system started from inside a job (its
+    environment holds a dead pid there) watches its own supervisor."""
+    os.environ[SUPERVISOR_PID_ENV] = "999999"
+    try:
+        system("--speed", "60", *MARKET)
+    finally:
+        del os.environ[SUPERVISOR_PID_ENV]
+    state = status(home)
+    assert [p["state"] for p in state["processes"]] == ["running"] * 3
+
+
+def test_an_exited_process_not_yet_reaped_has_no_start_time():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 30, "a zombie")
+        assert started_at(child.pid) is None  # a zombie supervisor is a gone one
+    finally:
+        child.wait()
+    assert started_at(os.getpid()) == psutil.Process().create_time()

@@ -460,9 +460,28 @@ def test_the_log_pump_rotates_at_line_ends_and_loses_or_repeats_nothing(tmp_path
     assert all(p.stat().st_mode & 0o077 == 0 for p in files)
 
 
+def test_the_log_pump_cuts_output_without_line_ends_at_twice_its_size(tmp_path):
+    """A progress bar's carriage returns, or binary output, never end a line: one file must not
+    grow without bound all the same."""
+    path = tmp_path / "run.log"
+    pump = LogPump(path, max_bytes=1_000, backups=100, log=logging.getLogger("test.pump"))
+    spinner = "import sys\nfor i in range(20_000): sys.stdout.write(f'\\r{i:06d}')"
+    try:
+        writer = subprocess.Popen([sys.executable, "-c", spinner], stdout=pump.write_fd)
+    finally:
+        pump.release()
+    assert writer.wait(30) == 0
+    pump.close()
+    files = generations(path)
+    assert pump.rotations == len(files) - 1 >= 50
+    assert all(p.stat().st_size <= 2_000 for p in files)
+    text = b"".join(p.read_bytes() for p in files).decode()
+    assert text == "".join(f"\r{i:06d}" for i in range(20_000))  # nothing lost or repeated
+
+
 def test_the_log_pump_copies_any_byte_and_never_blocks_its_writer(tmp_path):
     path = tmp_path / "run.log"
-    pump = LogPump(path, max_bytes=100, backups=100, log=logging.getLogger("test.pump"))
+    pump = LogPump(path, max_bytes=300, backups=100, log=logging.getLogger("test.pump"))
     garbage = bytes(range(256)) * 4  # not UTF-8, NULs, line ends here and there
     try:
         code = f"import os; os.write(1, {garbage!r}); os.write(1, b'no line end')"
@@ -472,9 +491,9 @@ def test_the_log_pump_copies_any_byte_and_never_blocks_its_writer(tmp_path):
     assert writer.wait(30) == 0
     pump.close()
     files = generations(path)
-    assert len(files) == 4  # rotated at the first line end past 100 bytes: 266, 522, 778
+    assert len(files) == 2  # rotated at the first line end past 300 bytes (522), once
     assert b"".join(p.read_bytes() for p in files) == garbage + b"no line end"
-    assert all(p.read_bytes().endswith(b"\n") for p in files[:-1])
+    assert files[0].read_bytes().endswith(b"\n") and files[0].stat().st_size == 523
 
     # A log that cannot be written (a full disk): the job's writes are dropped, counted and
     # logged, never left in a pipe that fills up and blocks the job.

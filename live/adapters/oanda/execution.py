@@ -189,7 +189,7 @@ class OandaExecution:
         if not event.client_id:
             return event
         if event.tag:
-            self._tags.setdefault(event.client_id, event.tag)
+            self._tags[event.client_id] = self._tags.get(event.client_id) or event.tag
             return event
         tag = self._tags.get(event.client_id, "")
         if tag and event.kind in (P.FILLED, P.PARTIALLY_FILLED):
@@ -302,7 +302,7 @@ class OandaExecution:
             return False
         self.unresolved.pop(client_id, None)
         if tag := P.order_tag(body):
-            self._tags.setdefault(client_id, tag)
+            self._tags[client_id] = self._tags.get(client_id) or tag
         return False
 
     def _poll(self) -> None:
