@@ -100,6 +100,10 @@ def run_osm(bars: np.ndarray, params: dict, window: int) -> dict:
                 window=window,
                 job="smacross",
                 progress=lambda done: bar.update(max(0, done - bar.n)),
+                # Backtrader runs at normal priority: so does osm, or under any other load on the
+                # machine the replay (background by default at speed 0) would yield where it
+                # does not.
+                priority="normal",
             )
         parity = check_parity(bars, STRATEGY, params, SIZE, live)
     finally:

@@ -134,12 +134,14 @@ def write_bars_csv(bars: np.ndarray, path: Path) -> Path:
     return path
 
 
-def replay_config(path: Path, commission: float = 0.0) -> cfg.SystemConfig:
-    """A system replaying the bar file `path` at maximum speed, M1 bars, the paper broker."""
+def replay_config(path: Path, commission: float = 0.0, priority: str = "auto") -> cfg.SystemConfig:
+    """A system replaying the bar file `path` at maximum speed, M1 bars, the paper broker (at
+    background priority unless `priority` says otherwise: see osm.live.priority)."""
     return cfg.SystemConfig(
         feeds=[cfg.FeedConfig(name=FEED, kind="replay", file=str(path), speed=0)],
         router=cfg.RouterConfig(granularities=["M1"]),
         trader=cfg.TraderConfig(commission=commission),
+        priority=priority,
     )
 
 
@@ -157,6 +159,7 @@ def replay_job(
     progress: Callable[[int], None] | None = None,
     say: Callable[[str], None] | None = None,
     schedule: Any = None,
+    priority: str = "auto",
 ) -> LiveRun:
     """Promote `strategy` in the run directory `home`, replay `bars` through the live path with the
     job as the brain, stop everything and return what happened.
@@ -171,6 +174,8 @@ def replay_job(
         Called with a line at each step (promoted, system up, job running, stopped).
     schedule
         A :class:`~osm.research.walkforward.ParameterSchedule` the job trades instead of `params`.
+    priority
+        The system's CPU priority (``SystemConfig.priority``; auto: background).
     """
     from osm.live.promote import promote
 
@@ -193,7 +198,8 @@ def replay_job(
     journal = rundir.db / "trader.sqlite"
     pids: set[int] = set()
     try:
-        done = supervisor.up(rundir, replay_config(path, commission), timeout_s=UP_TIMEOUT_S)
+        config = replay_config(path, commission, priority)
+        done = supervisor.up(rundir, config, timeout_s=UP_TIMEOUT_S)
         say(f"system up (supervisor pid {done.pid}); the feeder waits for job {job}'s brain")
         with Client(rundir.home, timeout_s=15.0) as client:
             started_ns = _first_bar_ns(client, pids, say)
