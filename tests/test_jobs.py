@@ -103,17 +103,22 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_a_job_survives_kill_9_of_its_kernel_then_of_papermill_and_stops_whole(home):
-    config = msgspec.structs.replace(demo_config(), brains=[])  # the job is the only brain
+def up_with_brain_job(home: Path, config: cfg.SystemConfig) -> None:
+    """`osm up` on `config`, then `osm jobs add b1` of the live-brain notebook with PARAMETERS."""
     path = home.parent / f"{home.name}-config.json"
     path.write_bytes(cfg.dump(config))
+    done = osm(home, "up", "--config", str(path))
+    assert done.returncode == 0, done.stderr + done.stdout
+    done = osm(home, "jobs", "add", "b1", "--notebook", "live_brain", *[
+        arg for k, v in PARAMETERS.items() for arg in ("--param", f"{k}={json.dumps(v)}")
+    ])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_job_survives_kill_9_of_its_kernel_then_of_papermill_and_stops_whole(home):
+    config = msgspec.structs.replace(demo_config(), brains=[])  # the job is the only brain
     try:
-        done = osm(home, "up", "--config", str(path))
-        assert done.returncode == 0, done.stderr + done.stdout
-        done = osm(home, "jobs", "add", "b1", "--notebook", "live_brain", *[
-            arg for k, v in PARAMETERS.items() for arg in ("--param", f"{k}={json.dumps(v)}")
-        ])  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        up_with_brain_job(home, config)
 
         wait_for(lambda: len(_fills(home, "b1")) >= 2, 240, "two fills of the job's brain")
         fills = _fills(home, "b1")
@@ -280,15 +285,8 @@ def test_a_job_runs_at_the_system_priority_and_stops_whole_when_its_supervisor_i
     """A job's brain runs in papermill's kernel, the supervisor's grandchild: a kill -9 of the
     supervisor leaves its parent alive, yet it must stop trading as every other process does."""
     config = msgspec.structs.replace(demo_config(), brains=[], priority="background")
-    path = home.parent / f"{home.name}-config.json"
-    path.write_bytes(cfg.dump(config))
     try:
-        done = osm(home, "up", "--config", str(path))
-        assert done.returncode == 0, done.stderr + done.stdout
-        done = osm(home, "jobs", "add", "b1", "--notebook", "live_brain", *[
-            arg for k, v in PARAMETERS.items() for arg in ("--param", f"{k}={json.dumps(v)}")
-        ])  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        up_with_brain_job(home, config)
         job = wait_for(
             lambda: next((j for j in status(home)["jobs"] if j["brain_pid"]), None),
             240,

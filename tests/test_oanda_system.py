@@ -46,7 +46,9 @@ def system(home: Path):
     yield from running_system(home)
 
 
-def config(home: Path, fake: FakeV20) -> Path:
+def config(home: Path, fake: FakeV20, brain: bool = True) -> Path:
+    """The system's config: a synthetic feed, the fake venue and, with `brain`, an SmaCross brain
+    (without: only the orders a test sends itself)."""
     return write_config(
         home,
         feeds=[{"name": "synthetic", "speed": 30, "start": "2024-01-08T00:00:00Z"}],
@@ -71,7 +73,9 @@ def config(home: Path, fake: FakeV20) -> Path:
                 "granularity": "S5",
                 "size": 1000,
             }
-        ],
+        ]
+        if brain
+        else [],
     )
 
 
@@ -202,10 +206,7 @@ def test_after_an_outage_the_trader_reconciles_adopting_what_happened_and_haltin
 def test_a_stop_loss_on_a_brains_order_fires_and_the_closing_fill_is_that_brains(
     home, fake, system, while_down
 ):
-    path = config(home, fake)
-    settings = json.loads(path.read_text())
-    settings["brains"] = []  # only this order: no brain's trades to net it against
-    path.write_text(json.dumps(settings))
+    path = config(home, fake, brain=False)  # only this order: no brain's trades to net it against
     system("--config", str(path))
     wait_for(lambda: trader_status(home)["market_time_ns"], 60, "quotes")
     with Client(home, timeout_s=10) as client:
@@ -232,10 +233,7 @@ def test_a_stop_loss_on_a_brains_order_fires_and_the_closing_fill_is_that_brains
 def test_a_fill_of_an_order_the_restored_journal_lost_is_adopted_once_across_restarts(
     home, fake, system, tmp_path
 ):
-    path = config(home, fake)
-    settings = json.loads(path.read_text())
-    settings["brains"] = []  # only this order
-    path.write_text(json.dumps(settings))
+    path = config(home, fake, brain=False)  # only this order
     system("--config", str(path))
     wait_for(lambda: trader_status(home)["market_time_ns"], 60, "quotes")
     journal = home / "db" / "trader.sqlite"
@@ -354,10 +352,7 @@ def test_kill_9_of_the_trader_between_the_send_and_the_response_sends_nothing_tw
 
 
 def test_a_part_filled_order_open_across_a_kill_9_is_not_counted_twice(home, fake, system):
-    path = config(home, fake)
-    settings = json.loads(path.read_text())
-    settings["brains"] = []  # only this order
-    path.write_text(json.dumps(settings))
+    path = config(home, fake, brain=False)  # only this order
     system("--config", str(path))
     wait_for(lambda: trader_status(home)["market_time_ns"], 60, "quotes")
     fake.arm("orders", "hold", 400)  # 400 of 1000 units in the response, the rest left open

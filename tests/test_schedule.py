@@ -526,17 +526,22 @@ def test_a_log_pump_left_with_a_writer_stops_when_closed(tmp_path):
         writer.wait()
 
 
-def test_osm_logs_shows_the_last_lines_across_rotated_files(home, capsys):
-    path = RunDir(home).log_path("b1")
-    handler = rotating_handler(path, max_bytes=1_000, backups=3)  # as a job's brain logs
-    log = logging.getLogger("test_schedule.logs")
+def brain_log(path: Path, logger: str, count: int, filler: str, backups: int) -> None:
+    """Log `count` numbered decisions to `path` as a job's brain does, rotating at 1,000 bytes."""
+    handler = rotating_handler(path, max_bytes=1_000, backups=backups)
+    log = logging.getLogger(logger)
     log.addHandler(handler)
     try:
-        for i in range(60):
-            log.warning("decision %03d %s", i, "x" * 20)
+        for i in range(count):
+            log.warning("decision %03d %s", i, filler)
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def test_osm_logs_shows_the_last_lines_across_rotated_files(home, capsys):
+    path = RunDir(home).log_path("b1")
+    brain_log(path, "test_schedule.logs", 60, "x" * 20, backups=3)
     current = path.read_text().splitlines()
     assert 0 < len(current) < 25 and path.with_name("b1.log.2").exists()  # 25 spans 3 files
     wanted = [f"decision {i:03d} {'x' * 20}" for i in range(35, 60)]
@@ -565,15 +570,7 @@ def test_osm_logs_shows_the_last_lines_across_rotated_files(home, capsys):
 
 def test_the_brain_log_rotates_at_its_limit(tmp_path):
     path = tmp_path / "b1.log"
-    handler = rotating_handler(path, max_bytes=1_000, backups=2)
-    log = logging.getLogger("test_schedule.rotation")
-    log.addHandler(handler)
-    try:
-        for i in range(100):
-            log.warning("decision %03d %s", i, "x" * 40)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    brain_log(path, "test_schedule.rotation", 100, "x" * 40, backups=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b1.log", "b1.log.1", "b1.log.2"]
     assert all(p.stat().st_size <= 1_000 for p in tmp_path.iterdir())
     assert "decision 099" in path.read_text()
