@@ -214,16 +214,17 @@ def run_brain(
         follower = ScheduleFollower(params_schedule, spec.strategy) if params_schedule else None
     log_to(rundir, spec.name)
     # Set by the job runner only; removed, so nothing this kernel starts takes it for its own.
-    supervisor = os.environ.pop(SUPERVISOR_PID_ENV, "")
-    if supervisor.isdigit():
+    given = os.environ.pop(SUPERVISOR_PID_ENV, "")
+    supervisor = int(given) if given.isdigit() else None
+    if supervisor is not None:
         # The kernel leads a session jupyter_client made for it: the supervisor's priority
         # (inherited as a nice value) reaches the session's autogroup only from here. Never
         # in a notebook run by hand: that kernel is the user's.
         priority.apply(system)
     brain = _JobBrain(spec.name, rundir, system, endpoints, spec=spec)
     brain.until_ns, brain.schedule = until_ns, follower
-    if supervisor.isdigit():
-        brain.watch(int(supervisor))
+    if supervisor is not None:
+        brain.watch(supervisor)
     with importable_from(system.python_path):
         try:
             brain.run_embedded()
