@@ -23,6 +23,14 @@ from osm.core.rundir import RunDir
 from osm.live.bus import plan_endpoints
 
 
+def autogroup_nice(pid: int | str) -> int | None:
+    """The nice value of `pid`'s autogroup; None where there is none to read: a kernel without
+    autogroups, or a session in the root group (it prints nothing, as in some containers)."""
+    path = Path(f"/proc/{pid}/autogroup")
+    text = path.read_text().split() if path.exists() else []
+    return int(text[-1]) if text else None
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
