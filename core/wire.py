@@ -46,15 +46,23 @@ class Ticks(Message, tag="ticks.v1"):
 
 
 class Bars(Message, tag="bars.v1"):
+    """Bars of one series, oldest first.
+
+    `previous`, on the router's closed bars, is the open time of the closed bar its series held
+    before the first of these (-1: none, or not said): a follower whose last bar is that one has
+    missed nothing, even where the market left minutes without a bar.
+    """
+
     instrument: str
     granularity: str
     count: int
     data: bytes  # BAR_DTYPE rows
+    previous: int = -1
 
     @classmethod
-    def of(cls, instrument: str, granularity: str, bars: np.ndarray) -> Bars:
+    def of(cls, instrument: str, granularity: str, bars: np.ndarray, previous: int = -1) -> Bars:
         rows = np.ascontiguousarray(bars, dtype=BAR_DTYPE)
-        return cls(instrument, granularity, len(rows), rows.tobytes())
+        return cls(instrument, granularity, len(rows), rows.tobytes(), previous)
 
     def array(self) -> np.ndarray:
         return _array(self.data, self.count, BAR_DTYPE)

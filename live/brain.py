@@ -14,15 +14,19 @@ router has none, the gap is the market's (a weekend) and the bar is taken. Each 
 carries a tag the router echoes, so the answer to a request the merge no longer waits for (a
 retry's twin) is never taken for a newer one's.
 
-At warm-up the brain decides on the last bar it has, then on every new bar: the strategy's last
-target times `size`, sent as a Target whose client id is ``<brain>-<bar open ns>``. A restarted
-brain therefore resends the decision it may have sent already, and the trader refuses the
-duplicate instead of trading twice.
+At warm-up the brain decides on the last bar it has, then on every new bar: the strategy's target
+for the bar times `size`, sent as a Target whose client id is ``<brain>-<bar open ns>``. A
+restarted brain therefore resends the decision it may have sent already, and the trader refuses
+the duplicate instead of trading twice. The bars that arrive together (a replay's burst, a gap
+filled) are decided in one call of the strategy, on the window before them followed by them: each
+bar gets at least the window's history, and promotion's lookahead check proves that a strategy's
+target at a bar is then the one a backtest over all history gives.
 
-Targets go to the trader one at a time, in bar order: the next is sent when the trader has replied
-to the one before. A target the trader took with it when it died (read off the socket, not yet
-journaled) gets no reply, so it is resent after TARGET_RETRY_S, with the same client id: the trader
-journals it once, and no later decision overtakes it.
+Targets go to the trader in bar order, up to TARGETS_IN_FLIGHT unanswered: the trader answers them
+in the order sent. Targets the trader took with it when it died (read off the socket, not yet
+journaled) get no reply, so after TARGET_RETRY_S without one every unanswered target is resent, in
+order, with the same client ids: the trader journals each once, and no later decision overtakes an
+earlier one.
 
 Warm-up counts in ``warmups`` and is reported at once in a heartbeat: the supervisor starts the
 feeders of the brain's instrument only then, so a replay's first bar is decided like its last.
@@ -34,6 +38,7 @@ import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,12 +50,13 @@ from osm.core.config import BrainConfig, SystemConfig
 from osm.core.errors import UnknownNameError
 from osm.core.granularity import next_open
 from osm.core.rundir import RunDir
-from osm.live.follow import BarMerge, Wanted
+from osm.live.follow import BarMerge, Wanted, join_bars
 from osm.live.service import Service, send_frames
 from osm.strategies.base import load_strategy
 
 HISTORY_RETRY_S = 5.0
 TARGET_RETRY_S = 2.0
+TARGETS_IN_FLIGHT = 256  # well inside the sockets' high-water marks (1000 messages)
 
 
 class Brain(Service):
@@ -80,7 +86,8 @@ class Brain(Service):
         self._requested_at = 0.0
         self._tags = itertools.count()
         self._tag = b""
-        self._outbox: deque[wire.Target] = deque()  # decisions not yet answered, the first sent
+        self._outbox: deque[wire.Target] = deque()  # decisions not yet answered, oldest first
+        self._in_flight = 0  # of the outbox, how many are sent (the first ones)
         self._target_sent_at = 0.0
         self._topic = f"bar.{self.spec.instrument}.{self.spec.granularity}"
         self._bars = self.bus.connect(zmq.SUB, "router_bars")
@@ -109,9 +116,10 @@ class Brain(Service):
         ):
             self.counters["history_retries"] += 1
             self._ask_history(again=True)
-        if self._outbox and time.monotonic() - self._target_sent_at > TARGET_RETRY_S:
+        if self._in_flight and time.monotonic() - self._target_sent_at > TARGET_RETRY_S:
             self.counters["target_retries"] += 1
-            self._send_target()
+            self._in_flight = 0
+            self._send_targets()
 
     def _ask_history(self, again: bool = False) -> None:
         """Send the request the merge waits for, once (or `again`, with the same tag)."""
@@ -126,7 +134,9 @@ class Brain(Service):
         self._history.send_multipart([self._tag, *wire.frames("history", request)])
         self._sent, self._requested_at = wanted, time.monotonic()
 
-    def _bars_of(self, parts: list[bytes], topic: str | None = None) -> np.ndarray | None:
+    def _bars_of(
+        self, parts: list[bytes], topic: str | None = None
+    ) -> tuple[wire.Bars, np.ndarray] | None:
         decoded = self.decode(parts)
         if decoded is None:
             return None
@@ -144,13 +154,15 @@ class Brain(Service):
         ) != (self.spec.instrument, self.spec.granularity):
             self.reject("unexpected_message", f"{type(message).__name__} where bars were expected")
             return None
-        return self.rows(message)
+        bars = self.rows(message)
+        return None if bars is None else (message, bars)
 
     def _on_bars(self, parts: list[bytes]) -> None:
-        bars = self._bars_of(parts, self._topic)
-        if bars is None:
+        got = self._bars_of(parts, self._topic)
+        if got is None:
             return
-        self._take(self.merge.live(bars))
+        message, bars = got
+        self._take(self.merge.live(bars, message.previous))
         self._ask_history()
 
     def _on_history(self, parts: list[bytes]) -> None:
@@ -158,9 +170,10 @@ class Brain(Service):
         if len(reply) != 2 or tag != self._tag or self.merge.wanted is not self._sent:
             self.counters["history_stale"] += 1  # the answer to a retried request came twice
             return
-        bars = self._bars_of(reply)
-        if bars is None:
+        got = self._bars_of(reply)
+        if got is None:
             return
+        _, bars = got
         if self.merge.warm:
             self._take(self.merge.history(bars))
         else:
@@ -171,53 +184,70 @@ class Brain(Service):
             self.counters["warmups"] += 1
             self.log.info("warmed up with %d bars", len(self.series))
             self.heartbeat()  # the supervisor holds the feeders back until it hears this
-            if len(self.series):
-                self._decide()  # maybe sent before a restart: the trader refuses a duplicate
+            if len(self.series):  # maybe sent before a restart: the trader refuses a duplicate
+                self._decide(self.series.view, 1)
             self._take(merged[history:])
         self._ask_history()
 
     def _take(self, bars: np.ndarray) -> None:
-        """Decide on each merged bar in turn, as the window it ends."""
-        for bar in bars:
-            self.series.append(bar)
-            self._decide()
+        """Decide on each merged bar, as the end of the window before it followed by it."""
+        if not len(bars):
+            return
+        held = self.series.view
+        window = join_bars([held[max(0, len(held) - self.spec.window + 1) :], bars])  # a copy
+        self.series.extend(bars)
+        self._decide(window, len(bars))
 
-    def _last_time(self) -> int:
-        last = self.series.last
-        return -1 if last is None else int(last["time"])
+    def _runs(self, times: np.ndarray) -> Iterator[tuple[int, int]]:
+        """Split the bars opening at `times` into runs one strategy decides, switching to it
+        before yielding each run's (start, stop); a brain's strategy never changes."""
+        yield 0, len(times)
 
-    def _decide(self) -> None:
-        bar_time = self._last_time()
-        target = float(self.strategy.targets(self.series.view)[-1])
-        units = round(target * self.spec.size) if math.isfinite(target) else 0
-        decision = wire.Target(
-            self.name,
-            self.spec.instrument,
-            units,
-            f"{self.name}-{bar_time}",
-            next_open(bar_time, self.spec.granularity, self.config.router.alignment),
-            self.spec.stop_loss,
-            self.spec.take_profit,
-        )
-        self._outbox.append(decision)
-        self.counters["targets"] += 1
-        if len(self._outbox) == 1:
-            self._send_target()
+    def _decide(self, bars: np.ndarray, count: int) -> None:
+        """Queue the decisions on the last `count` of `bars` (a window's bars, then those)."""
+        times = bars["time"][len(bars) - count :]
+        targets = np.empty(count)
+        for start, stop in self._runs(times):
+            end = len(bars) - count + stop
+            targets[start:stop] = self.strategy.targets(bars[:end])[end - (stop - start) : end]
+        granularity, alignment = self.spec.granularity, self.config.router.alignment
+        for bar_time, target in zip(times.tolist(), targets.tolist(), strict=True):
+            units = round(target * self.spec.size) if math.isfinite(target) else 0
+            self._outbox.append(
+                wire.Target(
+                    self.name,
+                    self.spec.instrument,
+                    units,
+                    f"{self.name}-{bar_time}",
+                    next_open(bar_time, granularity, alignment),
+                    self.spec.stop_loss,
+                    self.spec.take_profit,
+                )
+            )
+        self.counters["targets"] += count
+        self._send_targets()
 
-    def _send_target(self) -> None:
-        send_frames(self._orders, wire.frames("target", self._outbox[0]))
-        self._target_sent_at = time.monotonic()
+    def _send_targets(self) -> None:
+        """Send the outbox's unsent targets, in order, while fewer than TARGETS_IN_FLIGHT wait."""
+        if self._in_flight >= min(len(self._outbox), TARGETS_IN_FLIGHT):
+            return
+        if not self._in_flight:
+            self._target_sent_at = time.monotonic()  # the retry timer runs from the oldest's send
+        while self._in_flight < min(len(self._outbox), TARGETS_IN_FLIGHT):
+            send_frames(self._orders, wire.frames("target", self._outbox[self._in_flight]))
+            self._in_flight += 1
 
     def _on_reply(self, parts: list[bytes]) -> None:
         reply = self.expect(parts, wire.OrderReply, "from the trader")
         if reply is None:
             return
-        if not self._outbox or reply.client_id != self._outbox[0].client_id:
+        if not self._in_flight or reply.client_id != self._outbox[0].client_id:
             self.counters["replies_late"] += 1  # the answer to a resent target came twice
             return
         self._outbox.popleft()
-        if self._outbox:
-            self._send_target()
+        self._in_flight -= 1
+        self._target_sent_at = time.monotonic()  # the trader answers: the next one is not lost
+        self._send_targets()
         if reply.accepted:
             self.counters["accepted"] += 1
         else:

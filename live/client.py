@@ -642,7 +642,7 @@ class Follower:
         Closed bars are all decoded (each must reach the merge, in order) and merged in one call;
         forming bars and positions are only kept raw, the newest per topic.
         """
-        live: list[np.ndarray] = []
+        live: list[wire.Bars] = []
         read = 0
         while read < DRAIN_MAX:
             try:
@@ -660,11 +660,19 @@ class Follower:
             else:
                 message = self._parse(parts)[1]
                 if topic == closed_topic and isinstance(message, wire.Bars):
-                    live.append(message.array())
+                    live.append(message)
                 elif isinstance(message, wire.Fill):
                     held.fills.append(message)
         if live:
-            held.add_bars(self.merge.live(join_bars(live) if len(live) > 1 else live[0]))
+            arrays = [message.array() for message in live]
+            # One message as the router sent it: the first's `previous` holds if each later one
+            # follows the one before.
+            chained = all(
+                len(a) and b.previous == a["time"][-1]
+                for a, b in zip(arrays, live[1:], strict=False)
+            )
+            bars = join_bars(arrays) if len(arrays) > 1 else arrays[0]
+            held.add_bars(self.merge.live(bars, live[0].previous if chained else -1))
         return read
 
     def _parse(self, parts: list[bytes]) -> tuple[str, wire.AnyMessage | None]:

@@ -7,7 +7,9 @@ order, each closed bar exactly once:
 - a live bar at or before the last one taken is a duplicate (a router restart republishes) and is
   dropped, counted in ``seen_twice``;
 - a live bar that does not follow the last one (a dropped message, a router restart), or the first
-  one after a warm-up that found no history, is held back and history is asked for the bars before
+  one after a warm-up that found no history, is held back (a bar the router says comes right
+  after the one before it, in its message's `previous` or as the next in one message, follows it
+  whatever the time between: the gap is the market's) and history is asked for the bars before
   it (:attr:`BarMerge.wanted`: enough to reach back to the last bar taken, at least `count`, at
   most :data:`GAP_MAX_BARS`); if the router has none, the gap is the market's (a weekend) and the
   bar is taken;
@@ -104,12 +106,20 @@ class BarMerge:
         self._step = step_ns(granularity)
         self._pending = np.empty(0, BAR_DTYPE)  # live bars waiting: by time, unique, > last_time
         self._gap_checked_until = -1
+        self._links: dict[int, int] = {}  # waiting bar's time -> the router's bar before it
 
-    def live(self, bars: np.ndarray) -> np.ndarray:
-        """Take live closed bars; return the bars now in order (maybe none)."""
-        run = self._run_after_last(bars)
+    def live(self, bars: np.ndarray, previous: int = -1) -> np.ndarray:
+        """Take live closed bars, one message's; return the bars now in order (maybe none).
+
+        `previous` is the message's (:class:`osm.core.wire.Bars`): when it is the last bar taken,
+        nothing was missed before these, and a gap among them is the market's.
+        """
+        run = self._run_after_last(bars, previous)
         if run is not None:
             return run
+        if previous >= 0 and len(bars):
+            times = bars["time"].tolist()
+            self._links.update(zip(times, [previous, *times[:-1]], strict=True))
         fresh = bars["time"] > self.last_time
         self.counters["seen_twice"] += int(len(bars) - np.count_nonzero(fresh))
         waiting = _by_time(join_bars([self._pending, bars[fresh]]))
@@ -170,6 +180,11 @@ class BarMerge:
             self.counters["gaps"] += 1
             self.wanted = Wanted(self._gap_count(int(times[k])), int(times[k]))
         self._pending = pending
+        if not len(pending):
+            self._links.clear()
+        elif len(self._links) > 2 * len(pending):
+            first = int(pending["time"][0])
+            self._links = {t: p for t, p in self._links.items() if t >= first}
         out = join_bars(taken)
         if len(out):
             self.last_time = int(out["time"][-1])
@@ -209,23 +224,35 @@ class BarMerge:
                 [int(t) <= next_open(int(b), self.granularity, self.alignment)
                  for t, b in zip(times, before, strict=True)], bool,
             )  # fmt: skip
+        if self._links:  # what the router says came before a bar
+            said = [
+                self._links.get(t, -2) == b
+                for t, b in zip(times.tolist(), before.tolist(), strict=True)
+            ]
+            follows |= np.array(said, bool)
         follows[0] &= self.last_time >= 0
         return follows
 
-    def _run_after_last(self, bars: np.ndarray) -> np.ndarray | None:
+    def _run_after_last(self, bars: np.ndarray, previous: int) -> np.ndarray | None:
         """The common case at its cheapest: nothing pending or awaited, and `bars`, once those
-        already taken are dropped, each follow the one before (a fixed-length granularity).
-        Return them taken, or None to go the general way."""
+        already taken are dropped, follow the last one taken: the router says so (`previous`),
+        or each follows the one before (a fixed-length granularity). Return them taken, or None
+        to go the general way."""
         step = self._step
-        if self.wanted is not None or len(self._pending) or step is None or self.last_time < 0:
+        if self.wanted is not None or len(self._pending) or self.last_time < 0:
             return None
         times = bars["time"]
-        new = times > self.last_time
-        fresh = bars if new.all() else bars[new]
-        t = fresh["time"]
-        if len(t) and not (t[0] - self.last_time <= step and np.all(np.diff(t) == step)):
-            return None
+        if previous == self.last_time and np.all(np.diff(times, prepend=previous) > 0):
+            fresh = bars
+        else:
+            new = times > self.last_time
+            fresh = bars if new.all() else bars[new]
+            t = fresh["time"]
+            if len(t) and not (
+                step is not None and t[0] - self.last_time <= step and np.all(np.diff(t) == step)
+            ):
+                return None
         self.counters["seen_twice"] += len(bars) - len(fresh)
         if len(fresh):
-            self.last_time = int(t[-1])
+            self.last_time = int(fresh["time"][-1])
         return np.ascontiguousarray(fresh, dtype=BAR_DTYPE)

@@ -21,11 +21,13 @@ import datetime as dt
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from osm.core import config as cfg
 from osm.core.errors import ConfigError, OsmError
@@ -102,8 +104,8 @@ class ScheduleFollower:
         self._stamp = (stat.st_mtime_ns, stat.st_size)
         return schedule
 
-    def params_at(self, bar_ns: int) -> dict[str, Any] | None:
-        """The parameters in force for the bar that opens at `bar_ns`; None before the schedule."""
+    def refresh(self) -> None:
+        """Read the file again if it changed since it was last read."""
         try:
             stat = self.path.stat()
             if (stat.st_mtime_ns, stat.st_size) != self._stamp:
@@ -114,6 +116,10 @@ class ScheduleFollower:
         except (OSError, OsmError) as exc:
             _log.warning("parameter schedule %s not read again, the last one stays: %s",
                          self.path, exc)  # fmt: skip
+
+    def params_at(self, bar_ns: int) -> dict[str, Any] | None:
+        """The parameters in force for the bar that opens at `bar_ns` (as last read, see
+        :meth:`refresh`); None before the schedule."""
         try:
             return self.schedule.params_at(bar_ns)
         except ValueError:
@@ -128,15 +134,24 @@ class _JobBrain(Brain):
     schedule: ScheduleFollower | None = None
     _scheduled: dict[str, Any] | None = None  # the schedule's parameters now traded
 
-    def _decide(self) -> None:
-        if self.schedule is not None:
-            params = self.schedule.params_at(self._last_time())
-            if params is not None and params != self._scheduled:
+    def _runs(self, times: np.ndarray) -> Iterator[tuple[int, int]]:
+        if self.schedule is None:
+            yield from super()._runs(times)
+            return
+        self.schedule.refresh()
+        wanted = [self.schedule.params_at(t) for t in times.tolist()]
+        start = 0
+        for stop in range(1, len(times) + 1):
+            if stop < len(times) and wanted[stop] == wanted[start]:
+                continue
+            params = wanted[start]
+            if params is not None and params != self._scheduled:  # None: before the schedule
                 self.strategy = load_strategy(self.spec.strategy)(**params)
                 self._scheduled = params
                 self.counters["schedule_switches"] += 1
-                self.log.info("trading %s from the bar at %d on", params, self._last_time())
-        super()._decide()
+                self.log.info("trading %s from the bar at %d on", params, int(times[start]))
+            yield start, stop
+            start = stop
 
     def idle(self) -> None:
         super().idle()

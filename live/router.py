@@ -417,17 +417,21 @@ class Router(Service):
         self._partials_at = min(self._partials_at, book.partial_next)
         for g, count in enumerate(self._closed_counts.tolist()):
             if count:
-                bars = self._closed_rows[g, :count]
-                closed = wire.Bars.of(book.instrument, self.granularities[g], bars)
-                # Out at once: a brain waits on this bar, and nothing below changes it.
-                topic = f"bar.{book.instrument}.{self.granularities[g]}"
-                send_frames(self.pub, wire.frames(topic, closed))
-                book.series[g].extend(bars)
-                self._closed.append(closed)
-                self.counters["bars_closed"] += count
+                # Out at once: a brain waits on these bars, and nothing below changes them.
+                self._publish_closed(book, g, self._closed_rows[g, :count])
         accepted = wire.Ticks.of(book.instrument, ticks, feed)
         self._ticks_out.append(wire.frames(f"tick.{book.instrument}", accepted))
         self.counters["ticks_applied"] += len(ticks)
+
+    def _publish_closed(self, book: _Book, g: int, bars: np.ndarray) -> None:
+        """Publish bars just closed (after the series' last) and keep them in the series."""
+        series, granularity = book.series[g], self.granularities[g]
+        previous = -1 if series.last is None else int(series.last["time"])
+        closed = wire.Bars.of(book.instrument, granularity, bars, previous)
+        send_frames(self.pub, wire.frames(f"bar.{book.instrument}.{granularity}", closed))
+        series.extend(bars)
+        self._closed.append(closed)
+        self.counters["bars_closed"] += len(bars)
 
     def _count_refused(self, book: _Book, codes: np.ndarray, n_held: int) -> None:
         counts = np.bincount(codes, minlength=len(REASONS))
@@ -468,15 +472,10 @@ class Router(Service):
                 end = next_open(open_ns, granularity, self.alignment)
                 if end > due:
                     continue
-                bars = book.forming(g)
-                closed = wire.Bars.of(book.instrument, granularity, bars)
-                send_frames(self.pub, wire.frames(f"bar.{book.instrument}.{granularity}", closed))
-                book.series[g].extend(bars)
-                self._closed.append(closed)
+                self._publish_closed(book, g, book.forming(g))
                 book.f_time[g], book.f_n[g] = NO_BAR, 0
                 book.last = (max(book.last[0], end), book.last[1], book.last[2])
                 book.changed = True
-                self.counters["bars_closed"] += 1
                 self.counters["bars_closed_by_time"] += 1
 
     def _commit(self) -> None:

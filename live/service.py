@@ -329,5 +329,6 @@ class Service:
         self.heartbeat()
         self.bus.close()
         self.repeats.flush(self.log)
-        self.log.info("%s %s stopped", self.role, self.name)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counters.items()) if v)
+        self.log.info("%s %s stopped (%s)", self.role, self.name, counts or "nothing counted")
         return 0

@@ -19,6 +19,7 @@ import zmq
 from osm.core import wire
 from osm.core.config import BrainConfig, SystemConfig, TraderConfig
 from osm.core.dtypes import as_ticks, empty_bars
+from osm.live.brain import TARGET_RETRY_S
 from osm.live.service import RepeatFilter
 from tests.live_helpers import LiveSystem, wait_for
 from tests.strategies_for_tests import Alternate
@@ -180,7 +181,7 @@ def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
     assert counters["seen_twice"] == 2  # live 41 once more after history, and 43
 
 
-def test_a_target_lost_with_the_trader_is_resent_before_any_later_one(system):
+def test_targets_lost_with_the_trader_are_resent_in_bar_order_with_their_ids(system):
     router = Router(system)
     trader = system.bind(zmq.ROUTER, "trader_orders")
 
@@ -196,17 +197,17 @@ def test_a_target_lost_with_the_trader_is_resent_before_any_later_one(system):
     _, lost = receive()  # read and never answered: the trader died with it
     router.bar(20)
     router.bar(21)
-    peer, again = receive()
-    assert again == lost  # resent, not overtaken by the decisions on bars 20 and 21
-    assert not trader.poll(200)  # nothing else while it waits for the answer
-    for expected_bar in (20, 21):
+    sent = [lost, receive()[1], receive()[1]]  # sent without waiting for an answer
+    assert [t.client_id for t in sent] == [f"b1-{BARS['time'][i]}" for i in (19, 20, 21)]
+    resent = [receive() for _ in sent]  # no answer within TARGET_RETRY_S: all again, in order
+    assert [target for _, target in resent] == sent
+    for peer, target in resent:
         trader.send_multipart(
-            [peer, *wire.frames("order_reply", wire.OrderReply(again.client_id, True))]
+            [peer, *wire.frames("order_reply", wire.OrderReply(target.client_id, True))]
         )
-        peer, again = receive()
-        assert again.client_id == f"b1-{BARS['time'][expected_bar]}"
-    counters = system.wait_counter("b1", "target_retries", 1, TIMEOUT)
-    assert counters["targets"] == 3
+    assert not trader.poll(int((TARGET_RETRY_S + 1) * 1000))  # all answered: nothing resent
+    counters = system.wait_counter("b1", "accepted", 3, TIMEOUT)
+    assert counters["targets"] == 3 and counters["target_retries"] == 1
 
 
 def trader_journal(system: LiveSystem) -> tuple[list, list]:

@@ -267,10 +267,32 @@ def test_merge_matches_the_bar_by_bar_oracle(monkeypatch, seed):
 
     fast = run(BarMerge("M1", 4))
     slow_merge = BarMerge("M1", 4)
-    monkeypatch.setattr(slow_merge, "_run_after_last", lambda bars: None)
+    monkeypatch.setattr(slow_merge, "_run_after_last", lambda bars, previous: None)
     assert fast == run(slow_merge) == run(OracleMerge(4))
     # The gap requests reach back to the last bar taken: no minute is missing.
     assert fast[0] == list(range(fast[0][-1] + 1)) and len(fast[0]) > 300
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bars_the_router_says_follow_need_no_history_over_minutes_the_market_skipped(
+    monkeypatch, fast
+):
+    """A message's `previous` (the router's bar before its first) and the order within it say
+    which bars follow: minutes without a bar are no gap then; a message lost in between is."""
+    merge = BarMerge("M1", 4)
+    if not fast:
+        monkeypatch.setattr(merge, "_run_after_last", lambda bars, previous: None)
+    assert minutes(merge.history(bars_at(0, 1))) == [0, 1]
+    assert minutes(merge.live(bars_at(3, 7), T0 + 1 * M1)) == [3, 7]
+    assert merge.wanted is None
+    assert minutes(merge.live(bars_at(12, 15), T0 + 10 * M1)) == []  # 9 and 10 were lost
+    assert merge.wanted is not None and merge.wanted.end_ns == T0 + 12 * M1
+    assert minutes(merge.live(bars_at(20), T0 + 15 * M1)) == []  # waits behind the gap
+    assert minutes(merge.history(bars_at(7, 9, 10))) == [9, 10, 12, 15, 20]
+    assert merge.counters["gaps"] == 1
+    assert minutes(merge.live(bars_at(22), T0 + 20 * M1)) == [22]
+    assert minutes(merge.live(bars_at(25))) == []  # no `previous` said: asked as before
+    assert merge.counters["gaps"] == 2
 
 
 def test_only_last_skips_a_gap_once_count_bars_wait_behind_it():

@@ -180,9 +180,12 @@ def test_the_brain_reads_a_rewritten_schedule_at_its_next_bar_and_keeps_a_good_o
     assert follower.params_at(t[5]) is None  # before the schedule: the job's own params
     assert follower.params_at(t[20]) == {"fast": 3, "slow": 8}
     _schedule((t[10], {"fast": 3, "slow": 8}), (t[30], {"fast": 5, "slow": 20})).save(path)
+    assert follower.params_at(t[31]) == {"fast": 3, "slow": 8}  # not read again until asked
+    follower.refresh()
     assert follower.params_at(t[31]) == {"fast": 5, "slow": 20}  # the nightly rewrite
     assert follower.reloads == 1
     path.write_text('{"strategy": "osm.strategies.sma_cross:SmaCross", "entries": [')
+    follower.refresh()
     assert follower.params_at(t[32]) == {"fast": 5, "slow": 20}  # a broken file: the last good
     with pytest.raises(ConfigError, match="invalid parameter schedule"):
         ScheduleFollower(path, SMA)  # at start a bad file fails the job at once

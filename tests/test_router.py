@@ -532,3 +532,47 @@ def test_hostile_input_is_counted_and_valid_ticks_survive(home: Path) -> None:
         system.alive("router")
     finally:
         system.close()
+
+
+def test_closed_bars_name_the_bar_before_them_over_minutes_without_ticks(home: Path) -> None:
+    """Each message of closed bars says which bar the series closed before its first
+    (``previous``), so a follower tells a minute the market skipped from a message it lost."""
+    config = SystemConfig(
+        feeds=[FeedConfig(name="f", instruments=["EUR_USD"])],
+        router=RouterConfig(granularities=["M1"]),
+    )
+    system = LiveSystem(home, config)
+    try:
+        system.start("router", "router")
+        started_ok(system, "router")
+        sub = system.socket(zmq.SUB, "router_bars")
+        for topic in (b"bar.EUR_USD.M1", b"tick.EUR_USD"):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        dealer = system.socket(zmq.DEALER, "router_ticks")
+        batches = Batches("f", feed_token(system.rundir, "f"))
+        t0 = pd.Timestamp("2024-01-08T10:00Z").value
+
+        def send(times_ns: list[int]) -> None:
+            bid = np.full(len(times_ns), 1.1)
+            dealer.send_multipart(batches.next("EUR_USD", as_ticks(times_ns, bid, bid + 1e-4)))
+
+        def ticks_seen() -> bool:
+            send([t0 + batches.position * 10**6])  # ticks 1 ms apart in minute 0: no bar closes
+            return sub.poll(100) and sub.recv_multipart()[0] == b"tick.EUR_USD"
+
+        wait_for(ticks_seen, 30, "the subscription to reach the router")
+        minute = 60 * NS
+        send([t0 + m * minute for m in (1, 4)])  # 2 and 3 without a tick: no bar
+        send([t0 + m * minute for m in (5, 9, 10)])
+        closed = []
+        while len(closed) < 2:
+            assert sub.poll(10_000), "no closed bars"
+            topic, payload = sub.recv_multipart()
+            if topic == b"bar.EUR_USD.M1":
+                closed.append(wire.decode(payload))
+        assert [(list((m.array()["time"] - t0) // minute), m.previous) for m in closed] == [
+            ([0, 1], -1),  # the series' first bars
+            ([4, 5, 9], t0 + minute),
+        ]
+    finally:
+        system.close()
