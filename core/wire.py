@@ -113,6 +113,16 @@ class HistoryRequest(Message, tag="history.v1"):
     end_ns: int | None = None  # bars opening before this instant; None: up to the last closed
 
 
+class Decided(Message, tag="decided.v1"):
+    """A brain's decisions on the bars of `instrument` and `granularity` are answered by the
+    trader up to market time `until_ns` (the close of the last bar answered; 0: none yet). Sent
+    to the router's history socket, which paces a flat-out replay by it; no answer."""
+
+    instrument: str
+    granularity: str
+    until_ns: int
+
+
 class Target(Message, tag="target.v1"):
     """A brain's wanted position; the trader sends the difference from the current one.
 
@@ -191,8 +201,8 @@ class Reply(Message, tag="reply.v1"):
 
 
 AnyMessage = (
-    Ticks | Bars | Backfill | Ack | Heartbeat | HistoryRequest | Target | Order | OrderReply | Fill | Position
-    | Command | Reply
+    Ticks | Bars | Backfill | Ack | Heartbeat | HistoryRequest | Decided | Target | Order | OrderReply
+    | Fill | Position | Command | Reply
 )  # fmt: skip
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)

@@ -3,7 +3,8 @@
 Sockets (one owner: the loop thread)::
 
     SUB    router_bars     in:  bar.<INSTRUMENT>.<GRAN> Bars, closed bars
-    DEALER router_history  out: [b"history", HistoryRequest]   in: [topic, Bars]
+    DEALER router_history  out: [tag, b"history", HistoryRequest]   in: [tag, topic, Bars]
+                           out: [b"decided", b"decided", Decided]  (no answer)
     DEALER trader_orders   out: [b"target", Target]            in: [topic, OrderReply]
 
 The brain subscribes to bars before it asks for history and merges both with a
@@ -27,6 +28,9 @@ in the order sent. Targets the trader took with it when it died (read off the so
 journaled) get no reply, so after TARGET_RETRY_S without one every unanswered target is resent, in
 order, with the same client ids: the trader journals each once, and no later decision overtakes an
 earlier one.
+
+The brain tells the router (``wire.Decided`` on its history socket) how far the trader has answered
+its decisions, when that moves and every DECIDED_EVERY_S: a flat-out replay waits for it.
 
 Warm-up counts in ``warmups`` and is reported at once in a heartbeat: the supervisor starts the
 feeders of the brain's instrument only then, so a replay's first bar is decided like its last.
@@ -57,6 +61,7 @@ from osm.strategies.base import load_strategy
 HISTORY_RETRY_S = 5.0
 TARGET_RETRY_S = 2.0
 TARGETS_IN_FLIGHT = 256  # well inside the sockets' high-water marks (1000 messages)
+DECIDED_EVERY_S = 1.0  # the router forgets a brain silent for longer than its pace timeout
 
 
 class Brain(Service):
@@ -89,6 +94,8 @@ class Brain(Service):
         self._outbox: deque[wire.Target] = deque()  # decisions not yet answered, oldest first
         self._in_flight = 0  # of the outbox, how many are sent (the first ones)
         self._target_sent_at = 0.0
+        self._answered_ns = self._told_ns = 0  # market time decided and answered; told the router
+        self._told_at = 0.0
         self._topic = f"bar.{self.spec.instrument}.{self.spec.granularity}"
         self._bars = self.bus.connect(zmq.SUB, "router_bars")
         self._bars.setsockopt(zmq.SUBSCRIBE, self._topic.encode())
@@ -120,6 +127,19 @@ class Brain(Service):
             self.counters["target_retries"] += 1
             self._in_flight = 0
             self._send_targets()
+        self._tell_decided()
+
+    def _tell_decided(self) -> None:
+        """Tell the router how far the trader has answered: a flat-out replay waits for the
+        slowest brain of its instrument (the paper broker fills a late order only from the quotes
+        it still holds). Sent when it moves, and every DECIDED_EVERY_S so the router keeps
+        waiting for a brain that is slow rather than gone."""
+        now = time.monotonic()
+        if self._answered_ns != self._told_ns or now - self._told_at >= DECIDED_EVERY_S:
+            spec = self.spec
+            message = wire.Decided(spec.instrument, spec.granularity, self._answered_ns)
+            self._history.send_multipart([b"decided", *wire.frames("decided", message)])
+            self._told_ns, self._told_at = self._answered_ns, now
 
     def _ask_history(self, again: bool = False) -> None:
         """Send the request the merge waits for, once (or `again`, with the same tag)."""
@@ -244,7 +264,7 @@ class Brain(Service):
         if not self._in_flight or reply.client_id != self._outbox[0].client_id:
             self.counters["replies_late"] += 1  # the answer to a resent target came twice
             return
-        self._outbox.popleft()
+        self._answered_ns = self._outbox.popleft().after_ns
         self._in_flight -= 1
         self._target_sent_at = time.monotonic()  # the trader answers: the next one is not lost
         self._send_targets()

@@ -26,7 +26,15 @@ Sockets (endpoint names of ``endpoints.json``):
 ``router_history`` ROUTER
     ``wire.HistoryRequest`` -> ``history.<INSTRUMENT>.<GRAN>`` + ``wire.Bars`` of closed bars
     (from memory, else the store; a granularity not built is resampled from a finer one that is),
-    or ``error`` + ``wire.Reply(ok=False, error=...)``.
+    or ``error`` + ``wire.Reply(ok=False, error=...)``. ``wire.Decided`` (no answer): how far the
+    trader has answered a brain's decisions, by which a flat-out replay is paced.
+
+A replay at speed 0 runs as fast as its slowest brain, not faster: once LEAD_TICKS ticks of an
+instrument came after the last bar a brain following it had answered, while the router has closed
+a later bar, the feed's batches are held back, neither applied nor acknowledged (so the feeder
+stops at its window), and applied in order when the brain catches up (``batches_paced``). The paper
+broker fills a late order from the quotes it still holds; a brain left further behind would see
+its decisions expire. A brain silent for PACE_TIMEOUT_S (stopped, restarting) is not waited for.
 
 Ticks are screened per instrument (:func:`osm.live.aggregate.screen`, called by
 :func:`osm.live.aggregate.ingest_screened`); a refused tick is counted as ``rejected.<reason>``
@@ -40,6 +48,7 @@ ticks of every instrument and the applied position of every feed.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import time
 from typing import Any, NamedTuple
@@ -56,6 +65,7 @@ from osm.core.files import unusable_bars
 from osm.core.granularity import GRANULARITIES, NS, is_finer, next_open, step_ns
 from osm.core.resample import resample
 from osm.core.rundir import RunDir
+from osm.live.adapters.paper import PaperConfig
 from osm.live.aggregate import (
     ACCEPTED,
     HELD,
@@ -69,6 +79,7 @@ from osm.live.aggregate import (
 )
 from osm.live.bus import feed_token
 from osm.live.feeds import source_class
+from osm.live.priority import REPLAYS
 from osm.live.service import Service, send_frames
 from osm.live.store import BarStore, JournalRecord, dedupe, join_bars, read_bars
 
@@ -91,6 +102,22 @@ class _Book:
         self.partial_due = np.zeros(n, bool)
         self.partial_sent = np.zeros(n)
         self.partial_next = 0.0  # monotonic time its next forming bar may go out (earliest of g)
+        self.applied = 0  # ticks applied since the start
+        # (last tick time, ticks applied) after each batch, the first at most LEAD_TICKS ago
+        self.marks: collections.deque[tuple[int, int]] = collections.deque()
+
+    def mark(self, ticks: int) -> None:
+        """Note a batch's `ticks` applied."""
+        self.applied += ticks
+        self.marks.append((int(self.last[0]), self.applied))
+        while len(self.marks) > 1 and self.marks[1][1] <= self.applied - LEAD_TICKS:
+            self.marks.popleft()
+
+    def lead_start(self) -> int:
+        """A market time after which LEAD_TICKS ticks or more were applied (-1: not so many yet)."""
+        if self.marks and self.marks[0][1] <= self.applied - LEAD_TICKS:
+            return self.marks[0][0]
+        return -1
 
     def forming(self, g: int) -> np.ndarray:
         return to_bars(self.f_time[g : g + 1], self.f_px[g : g + 1], self.f_n[g : g + 1], False)
@@ -108,9 +135,23 @@ class _Feed(NamedTuple):
     batch: int
     paced: bool  # speed in (0, 1]: its ticks never run ahead of this machine's clock
     live: bool  # a live market: may backfill from its venue's history
+    flat_out: bool  # a replay at speed 0: it waits for the brains (see Router._behind)
+
+
+class _Follower(NamedTuple):
+    """A brain's last word on how far the trader has answered its decisions (wire.Decided)."""
+
+    instrument: str
+    g: int  # its granularity's index
+    until_ns: int
+    heard: float  # monotonic time
 
 
 _NO_LIMIT = np.iinfo(np.int64).max
+# A flat-out replay runs at most this many ticks of an instrument past the bars a brain has not had
+# answered: a quarter of the quotes the paper broker keeps to fill late orders at.
+LEAD_TICKS = PaperConfig().quotes // 4
+PACE_TIMEOUT_S = 5.0  # a brain silent this long is gone (stopped, restarting): nobody waits for it
 CLOSE_CHECK_S = 0.25  # how often live instruments' forming bars are checked for their end
 _MAX_TOPIC = 64  # longer than any topic of the bar socket
 
@@ -136,6 +177,7 @@ class Router(Service):
                 f.batch,
                 0 < f.speed <= 1,
                 getattr(source_class(f.kind), "live", False),
+                f.speed == 0 and f.kind in REPLAYS,
             )
             for f in config.feeds
         }
@@ -166,6 +208,8 @@ class Router(Service):
         self._live = [self.books[i] for i in sorted(live)]  # bars close by the clock too
         self._close_grace_ns = int(settings.live_close_s * NS)
         self._next_close_check = 0.0
+        self._followers: dict[bytes, _Follower] = {}
+        self._waiting: dict[str, collections.deque] = {}  # flat-out feed -> batches held back
 
     def setup(self) -> None:
         self._restore()
@@ -247,12 +291,50 @@ class Router(Service):
         ticks = self.rows(message)
         if ticks is None:
             return
-        ticks = self._unseen(message, ticks, parts[0])
+        if feed.flat_out:
+            waiting = self._waiting.setdefault(message.feed, collections.deque())
+            if waiting or self._behind(message.instrument):
+                if waiting and message.seq <= waiting[-1][0].seq:
+                    self.counters["batches_duplicate"] += 1  # resent while held back
+                else:
+                    waiting.append((message, ticks, parts[0]))
+                    self.counters["batches_paced"] += 1
+                return
+        self._take(message, ticks, parts[0], feed)
+
+    def _take(self, message: wire.Ticks, ticks: np.ndarray, identity: bytes, feed: _Feed) -> None:
+        ticks = self._unseen(message, ticks, identity)
         if ticks is None:
             return
         book = self.books[message.instrument]
         if len(ticks):
+            before = self.counters["ticks_applied"]
             self._apply(book, ticks, message.feed, feed.paced)
+            book.mark(self.counters["ticks_applied"] - before)
+
+    def _behind(self, instrument: str) -> bool:
+        """Whether a brain following `instrument` has not had the trader answer a bar the router
+        has closed, while more than LEAD_TICKS ticks came after it: then a flat-out replay waits,
+        or the paper broker would no longer hold the quote that bar's order fills at."""
+        now, book = time.monotonic(), self.books[instrument]
+        for identity, follower in list(self._followers.items()):
+            if now - follower.heard > PACE_TIMEOUT_S:
+                del self._followers[identity]  # gone (stopped, restarting): the replay goes on
+                continue
+            last = book.series[follower.g].last
+            if follower.instrument != instrument or last is None:
+                continue
+            closed = next_open(int(last["time"]), self.granularities[follower.g], self.alignment)
+            if closed > follower.until_ns and follower.until_ns < book.lead_start():
+                return True
+        return False
+
+    def _release(self) -> None:
+        """Apply the batches flat-out feeds were held back on, in order, while no brain lags."""
+        for name, waiting in self._waiting.items():
+            while waiting and not self._behind(waiting[0][0].instrument):
+                message, ticks, identity = waiting.popleft()
+                self._take(message, ticks, identity, self.feeds[name])
 
     def _feed_of(self, message: wire.Ticks | wire.Backfill) -> _Feed | None:
         """The configured feed that sent `message`, or None after counting why it is refused."""
@@ -444,6 +526,7 @@ class Router(Service):
                 self._reject_many(REASONS[code], int(count), f"{book.instrument}: {count} ticks")
 
     def idle(self) -> None:
+        self._release()
         self._close_due()
         self._commit()
         self._publish_partials()
@@ -582,6 +665,9 @@ class Router(Service):
             return
         envelope = parts[:-2]
         decoded = self.decode(parts[-2:])
+        if decoded is not None and isinstance(decoded[1], wire.Decided):
+            self._on_decided(parts[0], decoded[1])
+            return
         error = self._history_error(decoded)
         if error:
             self.history_sock.send_multipart(
@@ -594,6 +680,18 @@ class Router(Service):
         reply = wire.Bars.of(request.instrument, request.granularity, bars)
         self.history_sock.send_multipart([*envelope, *wire.frames(topic, reply)])
         self.counters["history_requests"] += 1
+
+    def _on_decided(self, identity: bytes, message: wire.Decided) -> None:
+        if message.instrument not in self.books or message.granularity not in self.granularities:
+            what = f"{message.instrument[:40]!r} {message.granularity[:10]!r}"
+            self.reject("unexpected_message", f"Decided for {what}, a series the router lacks")
+            return
+        g = self.granularities.index(message.granularity)
+        self.counters["decided_heard"] += 1
+        self._followers[identity] = _Follower(
+            message.instrument, g, message.until_ns, time.monotonic()
+        )
+        self._release()
 
     def _history_error(self, decoded: tuple[str, wire.AnyMessage] | None) -> str:
         if decoded is None:

@@ -65,6 +65,7 @@ class Router:
         self.pub = system.bind(zmq.XPUB, "router_bars")
         self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.history = system.bind(zmq.ROUTER, "router_history")
+        self.decided: list[wire.Decided] = []
 
     def wait_subscription(self, topic: str, process: str) -> None:
         def seen() -> bool:
@@ -91,12 +92,19 @@ class Router:
         self.pub.send_multipart(wire.frames("tick.EUR_USD", wire.Ticks.of("EUR_USD", ticks)))
 
     def request(self, process: str) -> tuple[list[bytes], wire.HistoryRequest]:
-        """The next history request and its envelope (identity and tag), echoed in the answer."""
-        wait_for(
-            lambda: self.system.alive(process) or self.history.poll(50), TIMEOUT, "history request"
-        )
-        *envelope, _, payload = self.history.recv_multipart()
-        request = wire.decode(payload)
+        """The next history request and its envelope (identity and tag), echoed in the answer;
+        what the brain tells of its progress meanwhile is kept in `decided`."""
+        while True:
+            wait_for(
+                lambda: self.system.alive(process) or self.history.poll(50),
+                TIMEOUT,
+                "history request",
+            )
+            *envelope, _, payload = self.history.recv_multipart()
+            request = wire.decode(payload)
+            if not isinstance(request, wire.Decided):
+                break
+            self.decided.append(request)
         assert isinstance(request, wire.HistoryRequest)
         return envelope, request
 
@@ -208,6 +216,10 @@ def test_targets_lost_with_the_trader_are_resent_in_bar_order_with_their_ids(sys
     assert not trader.poll(int((TARGET_RETRY_S + 1) * 1000))  # all answered: nothing resent
     counters = system.wait_counter("b1", "accepted", 3, TIMEOUT)
     assert counters["targets"] == 3 and counters["target_retries"] == 1
+    # The router hears how far the trader has answered: up to the close of bar 21.
+    while router.history.poll(0):
+        router.decided.append(wire.decode(router.history.recv_multipart()[-1]))
+    assert router.decided[-1] == wire.Decided("EUR_USD", "M1", int(BARS["time"][21]) + M1)
 
 
 def trader_journal(system: LiveSystem) -> tuple[list, list]:

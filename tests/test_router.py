@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -29,6 +31,7 @@ from osm.live.aggregate import (
 )
 from osm.live.bus import feed_token
 from osm.live.feeds.replay import load_ticks
+from osm.live.router import LEAD_TICKS, PACE_TIMEOUT_S
 from osm.live.store import read_bars
 from tests.live_helpers import LiveSystem, started_ok, wait_for
 
@@ -576,3 +579,64 @@ def test_closed_bars_name_the_bar_before_them_over_minutes_without_ticks(home: P
         ]
     finally:
         system.close()
+
+
+def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(home: Path) -> None:
+    """Once LEAD_TICKS ticks came after the last bar a brain had answered, a flat-out feed's
+    batches are held back (neither applied nor acknowledged); they go on when the brain catches
+    up, or when it falls silent (gone) for PACE_TIMEOUT_S."""
+    config = SystemConfig(
+        feeds=[FeedConfig(name="f", speed=0, batch=1000)],
+        router=RouterConfig(granularities=["M1"]),
+    )
+    system = LiveSystem(home, config)
+    try:
+        system.start("router", "router")
+        started_ok(system, "router")
+        brain = system.socket(zmq.DEALER, "router_history")
+        dealer = system.socket(zmq.DEALER, "router_ticks")
+        batches = Batches("f", feed_token(system.rundir, "f"))
+        t0 = pd.Timestamp("2024-01-08T10:00Z").value
+        sent = 0
+
+        def decided(until_ns: int, heard: int) -> None:
+            message = wire.Decided("EUR_USD", "M1", until_ns)
+            brain.send_multipart([b"decided", *wire.frames("decided", message)])
+            system.wait_counter("router", "decided_heard", heard, 30)
+
+        def send(n: int) -> None:  # a tick a second
+            nonlocal sent
+            for start in range(sent, sent + n, 1000):
+                times = t0 + np.arange(start, start + 1000) * NS
+                bid = np.full(1000, 1.1)
+                dealer.send_multipart(batches.next("EUR_USD", as_ticks(times, bid, bid + 1e-4)))
+            sent += n
+
+        def applied() -> int:
+            return system.counters("router").get("ticks_applied", 0)
+
+        decided(0, 1)  # nothing answered yet
+        send(LEAD_TICKS + 10_000)
+        held = system.wait_counter("router", "batches_paced", 1, 30)
+        assert LEAD_TICKS <= held["ticks_applied"] <= LEAD_TICKS + 2000
+        assert not wait_for_quiet(applied, 1.0) < LEAD_TICKS  # it stays held back
+        decided(t0 + sent * NS + 3600 * NS, 2)  # caught up with every bar
+        wait_for(lambda: applied() == sent, 30, "the held batches applied")
+        decided(0, 3)  # far behind again, then silent
+        send(5000)
+        system.wait_counter("router", "batches_paced", held["batches_paced"] + 5, 30)
+        assert applied() < sent
+        wait_for(lambda: applied() == sent, PACE_TIMEOUT_S + 20, "a silent brain forgotten")
+    finally:
+        system.close()
+
+
+def wait_for_quiet(value: Callable[[], int], seconds: float) -> int:
+    """`value` after it stayed the same for `seconds`."""
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < seconds:
+        time.sleep(0.1)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
