@@ -138,6 +138,9 @@ class Target(Message, tag="target.v1"):
     after_ns: int = 0  # execute at the first quote at or after this instant (the bar's close)
     stop_loss: float | None = None
     take_profit: float | None = None
+    # The client id of the decision the trader must have journaled first ("": none): a target
+    # sent while earlier ones wait for their answer never overtakes one lost on the way.
+    previous_id: str = ""
 
 
 class Order(Message, tag="order.v1"):
@@ -158,6 +161,7 @@ class OrderReply(Message, tag="order_reply.v1"):
     accepted: bool
     reason: str = ""
     units: int = 0
+    code: str = ""  # why it was refused (osm.live.risk.Refusal codes: duplicate, out_of_order...)
 
 
 class Fill(Message, tag="fill.v1"):

@@ -24,10 +24,15 @@ bar gets at least the window's history, and promotion's lookahead check proves t
 target at a bar is then the one a backtest over all history gives.
 
 Targets go to the trader in bar order, up to TARGETS_IN_FLIGHT unanswered: the trader answers them
-in the order sent. Targets the trader took with it when it died (read off the socket, not yet
-journaled) get no reply, so after TARGET_RETRY_S without one every unanswered target is resent, in
-order, with the same client ids: the trader journals each once, and no later decision overtakes an
-earlier one.
+in the order sent. Each one sent behind an unanswered one names it (``previous_id``), and the
+trader refuses it unjournaled (``out_of_order``) unless that one is journaled: no later decision
+overtakes one the trader took with it when it died. A refusal of the oldest unanswered target as
+out of order (what it named was refused unjournaled) sends everything unanswered again, from it,
+the oldest now naming none. A target the trader took with it gets no reply: after TARGET_RETRY_S
+without an answer the oldest alone is sent again (a probe: a trader that is away gets one message
+every TARGET_RETRY_S, not the whole window), then the rest once it is answered. Client ids stay the
+same, so the trader journals each decision once; a copy it already journaled comes back
+``duplicate`` and counts as answered.
 
 The brain tells the router (``wire.Decided`` on its history socket) how far the trader has answered
 its decisions, when that moves and every DECIDED_EVERY_S: a flat-out replay waits for it.
@@ -45,6 +50,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import numpy as np
 import zmq
 
@@ -126,7 +132,7 @@ class Brain(Service):
         if self._in_flight and time.monotonic() - self._target_sent_at > TARGET_RETRY_S:
             self.counters["target_retries"] += 1
             self._in_flight = 0
-            self._send_targets()
+            self._send_targets(limit=1)
         self._tell_decided()
 
     def _tell_decided(self) -> None:
@@ -247,14 +253,21 @@ class Brain(Service):
         self.counters["targets"] += count
         self._send_targets()
 
-    def _send_targets(self) -> None:
-        """Send the outbox's unsent targets, in order, while fewer than TARGETS_IN_FLIGHT wait."""
-        if self._in_flight >= min(len(self._outbox), TARGETS_IN_FLIGHT):
+    def _send_targets(self, limit: int = TARGETS_IN_FLIGHT) -> None:
+        """Send the outbox's unsent targets, in order, while fewer than `limit` wait, each naming
+        the one before it."""
+        end = min(len(self._outbox), limit)
+        if self._in_flight >= end:
             return
         if not self._in_flight:
             self._target_sent_at = time.monotonic()  # the retry timer runs from the oldest's send
-        while self._in_flight < min(len(self._outbox), TARGETS_IN_FLIGHT):
-            send_frames(self._orders, wire.frames("target", self._outbox[self._in_flight]))
+        previous = self._outbox[self._in_flight - 1].client_id if self._in_flight else ""
+        while self._in_flight < end:
+            target = self._outbox[self._in_flight]
+            if previous:
+                target = msgspec.structs.replace(target, previous_id=previous)
+            send_frames(self._orders, wire.frames("target", target))
+            previous = target.client_id
             self._in_flight += 1
 
     def _on_reply(self, parts: list[bytes]) -> None:
@@ -262,14 +275,22 @@ class Brain(Service):
         if reply is None:
             return
         if not self._in_flight or reply.client_id != self._outbox[0].client_id:
-            self.counters["replies_late"] += 1  # the answer to a resent target came twice
+            # The answer to a copy sent twice, or to one sent behind a lost one (out_of_order).
+            self.counters["replies_late"] += 1
+            return
+        self._target_sent_at = time.monotonic()  # the trader answers: nothing is lost
+        if reply.code == "out_of_order":
+            self.counters["resent_in_order"] += 1
+            self._in_flight = 0
+            self._send_targets()
             return
         self._answered_ns = self._outbox.popleft().after_ns
         self._in_flight -= 1
-        self._target_sent_at = time.monotonic()  # the trader answers: the next one is not lost
         self._send_targets()
         if reply.accepted:
             self.counters["accepted"] += 1
+        elif reply.code == "duplicate":
+            self.counters["already_journaled"] += 1  # a copy of one the trader has: answered
         else:
             self.counters["refused"] += 1
             self.log.warning("target %s refused: %s", reply.client_id, reply.reason)

@@ -19,6 +19,11 @@ on an error it cannot reason about (:mod:`osm.live.service`), and its restart re
 Commands: status, halt, resume, flatten, cancel, orders, fills, positions (see `_command`); their
 arguments are checked against the handlers' signatures and types.
 
+A Target whose ``previous_id`` is not journaled is refused unjournaled (``out_of_order``): the
+decision before it was lost on the way (a trader that died holding it), and the brain sends from
+that one again; so a brain's decisions are journaled in the order it made them, even with many in
+flight.
+
 A decision is for its bar. A Target or Order whose ``after_ns`` is set is refused, journaled as
 refused with the reason, counted and answered when
 
@@ -58,6 +63,7 @@ from osm.core.errors import UnknownNameError
 from osm.core.granularity import step_ns, trading_deadline
 from osm.core.instruments import INSTRUMENTS
 from osm.live.adapters import Book, brokers
+from osm.live.adapters.base import Ended
 from osm.live.journal import OPEN, Journal
 from osm.live.risk import Refusal, Risk
 from osm.live.service import Service, now_ns, send_frames
@@ -225,6 +231,13 @@ class Trader(Service):
                 f"{known['units']} units); a client id is executed at most once"
             )
             return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
+        previous = getattr(message, "previous_id", "")
+        if previous and self.journal.lookup(previous) is None:
+            text = (
+                f"the decision before it, {previous!r}, has not reached the trader (lost on the "
+                "way): send from that one again"
+            )
+            return self._refuse(order, kind, target, Refusal("out_of_order", text), journal=False)
         refusal = self._implausible(order)
         if refusal is not None:
             return self._refuse(order, kind, target, refusal)
@@ -305,8 +318,9 @@ class Trader(Service):
             return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
         self.broker.submit(order)
         expired = self._expire()  # the paper broker may know at once that its quote is too late
-        if order.client_id in expired:  # journaled, counted and published by _expire
-            return wire.OrderReply(order.client_id, False, expired[order.client_id], order.units)
+        ended = expired.get(order.client_id)
+        if ended is not None:  # journaled, counted and published by _expire
+            return wire.OrderReply(order.client_id, False, ended.reason, order.units, ended.code)
         self._unmarked.append(order.client_id)
         self.risk.record(order.brain, at_ns)
         self.counters["orders_sent"] += 1
@@ -323,12 +337,12 @@ class Trader(Service):
         if journal:
             self.journal.record(order, kind, "refused", now_ns(), target, refusal.text)
         self.reject(refusal.code, f"{order.client_id}: {refusal.text}")
-        reply = wire.OrderReply(order.client_id, False, refusal.text, order.units)
+        reply = wire.OrderReply(order.client_id, False, refusal.text, order.units, refusal.code)
         return self._announce(reply, order)
 
-    def _expire(self) -> dict[str, str]:
+    def _expire(self) -> dict[str, Ended]:
         """Journal, count and publish the orders that ended without filling in full (expired,
-        refused by the venue, cancelled); return id -> reason."""
+        refused by the venue, cancelled); return them by client id."""
         expired = self.broker.take_expired()
         if not expired:
             return {}
@@ -336,8 +350,8 @@ class Trader(Service):
         for order, why, status, code in expired:
             self.journal.mark(order.client_id, status, now, why)
             self.reject(code, f"{order.client_id}: {why}")
-            self._announce(wire.OrderReply(order.client_id, False, why, order.units), order)
-        return {ended.order.client_id: ended.reason for ended in expired}
+            self._announce(wire.OrderReply(order.client_id, False, why, order.units, code), order)
+        return {ended.order.client_id: ended for ended in expired}
 
     def _announce(self, reply: wire.OrderReply, order: wire.Order) -> wire.OrderReply:
         self._publish(f"order.{order.brain}", reply)

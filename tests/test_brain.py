@@ -12,6 +12,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import zmq
@@ -142,10 +143,15 @@ def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
         trader.send_multipart([peer, *wire.frames("order_reply", reply)])
         return message
 
+    previous = [""]
+
     def expect(merged: list[int]) -> None:
         i = merged[-1]
         got = target()
-        assert got == wire.Target(
+        # Named when sent before the one before was answered: the answers here are immediate.
+        assert got.previous_id in ("", previous[0])
+        previous[0] = got.client_id
+        assert msgspec.structs.replace(got, previous_id="") == wire.Target(
             "b1",
             "EUR_USD",
             expected_units(merged),
@@ -198,6 +204,10 @@ def test_targets_lost_with_the_trader_are_resent_in_bar_order_with_their_ids(sys
         peer, _, payload = trader.recv_multipart()
         return peer, wire.decode(payload)
 
+    def answer(peer: bytes, target: wire.Target, code: str = "") -> None:
+        reply = wire.OrderReply(target.client_id, not code, code=code)
+        trader.send_multipart([peer, *wire.frames("order_reply", reply)])
+
     system.start("brain", "b1")
     router.wait_subscription("bar.EUR_USD.M1", "b1")
     identity, _ = router.request("b1")
@@ -207,15 +217,26 @@ def test_targets_lost_with_the_trader_are_resent_in_bar_order_with_their_ids(sys
     router.bar(21)
     sent = [lost, receive()[1], receive()[1]]  # sent without waiting for an answer
     assert [t.client_id for t in sent] == [f"b1-{BARS['time'][i]}" for i in (19, 20, 21)]
-    resent = [receive() for _ in sent]  # no answer within TARGET_RETRY_S: all again, in order
-    assert [target for _, target in resent] == sent
-    for peer, target in resent:
-        trader.send_multipart(
-            [peer, *wire.frames("order_reply", wire.OrderReply(target.client_id, True))]
-        )
+    # Each names the one before: the trader journals none before it.
+    assert [t.previous_id for t in sent] == ["", sent[0].client_id, sent[1].client_id]
+    peer, probe = receive()  # no answer within TARGET_RETRY_S: the oldest alone again
+    assert probe == lost
+    assert not trader.poll(300)
+    answer(peer, probe)
+    peer, second = receive()  # then the rest, the oldest unanswered naming none
+    _, third = receive()
+    assert (second.client_id, second.previous_id) == (sent[1].client_id, "")
+    assert third == sent[2]
+    answer(peer, second, "out_of_order")  # what it named was lost: all again, from it
+    _, second_again = receive()
+    _, third_again = receive()
+    assert (second_again, third_again) == (second, third)
+    for target in (third, second_again, third_again):  # the first: to a copy, answered late
+        answer(peer, target)
     assert not trader.poll(int((TARGET_RETRY_S + 1) * 1000))  # all answered: nothing resent
     counters = system.wait_counter("b1", "accepted", 3, TIMEOUT)
     assert counters["targets"] == 3 and counters["target_retries"] == 1
+    assert counters["resent_in_order"] == 1 and counters["replies_late"] == 1
     # The router hears how far the trader has answered: up to the close of bar 21.
     while router.history.poll(0):
         router.decided.append(wire.decode(router.history.recv_multipart()[-1]))

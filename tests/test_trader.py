@@ -177,6 +177,26 @@ def test_orders_and_targets_fill_at_the_next_quote_and_are_published(trader):
     assert [f["client_id"] for f in trader.command("fills")] == ["t1", "o1"]
 
 
+def test_a_target_behind_one_the_trader_never_got_is_refused_unjournaled_until_that_one_is(
+    trader,
+):
+    """A brain keeps many targets in flight, each naming the one before: one lost on the way (a
+    trader that died holding it) must not be overtaken by those sent behind it."""
+    trader.tick(T0, 1.1000, 1.1002)
+    behind = wire.Target("b1", "EUR_USD", 5_000, "b1-2", T0 + 2 * S, previous_id="b1-1")
+    reply = trader.request(behind)
+    assert (reply.accepted, reply.code) == (False, "out_of_order")
+    assert "'b1-1', has not reached the trader" in reply.reason
+    assert [o["client_id"] for o in trader.command("orders")] == []  # nothing journaled
+    first = trader.request(wire.Target("b1", "EUR_USD", 10_000, "b1-1", T0 + S))
+    assert (first.accepted, first.units) == (True, 10_000)
+    reply = trader.request(behind)
+    assert (reply.accepted, reply.units) == (True, -5_000)
+    again = trader.request(behind)  # a copy of one journaled: a duplicate, said so
+    assert (again.accepted, again.code) == (False, "duplicate")
+    assert trader.command("status")["counters"]["rejected.out_of_order"] == 1
+
+
 def test_cancel_ends_an_open_order_once_journaled_and_told_to_its_brain(trader):
     assert trader.order(1_000, "wait", after_ns=T0 + 5 * S).accepted  # its quote is yet to come
     trader.event("order.b1")
