@@ -19,9 +19,10 @@ At warm-up the brain decides on the last bar it has, then on every new bar: the 
 for the bar times `size`, sent as a Target whose client id is ``<brain>-<bar open ns>``. A
 restarted brain therefore resends the decision it may have sent already, and the trader refuses
 the duplicate instead of trading twice. The bars that arrive together (a replay's burst, a gap
-filled) are decided in one call of the strategy, on the window before them followed by them: each
-bar gets at least the window's history, and promotion's lookahead check proves that a strategy's
-target at a bar is then the one a backtest over all history gives.
+filled) are decided in one call of the strategy, on the window before them followed by them, when
+the strategy declares a warm-up the window covers (``Strategy.warmup``, as the built-ins do): each
+bar then gets at least its warm-up, and its target is the one a backtest over all history gives.
+A strategy that declares none is called once per bar, on exactly the window that bar ends.
 
 Targets go to the trader in bar order, up to TARGETS_IN_FLIGHT unanswered: the trader answers them
 in the order sent. Each one sent behind an unanswered one names it (``previous_id``), and the
@@ -233,9 +234,16 @@ class Brain(Service):
         """Queue the decisions on the last `count` of `bars` (a window's bars, then those)."""
         times = bars["time"][len(bars) - count :]
         targets = np.empty(count)
+        window = self.spec.window
         for start, stop in self._runs(times):
             end = len(bars) - count + stop
-            targets[start:stop] = self.strategy.targets(bars[:end])[end - (stop - start) : end]
+            warmup = self.strategy.warmup
+            if warmup is not None and warmup <= window:  # at least its warm-up before each bar
+                targets[start:stop] = self.strategy.targets(bars[:end])[end - (stop - start) :]
+                continue
+            for i in range(start, stop):  # warm-up unknown: each bar on exactly its window
+                last = len(bars) - count + i + 1
+                targets[i] = self.strategy.targets(bars[max(0, last - window) : last])[-1]
         granularity, alignment = self.spec.granularity, self.config.router.alignment
         for bar_time, target in zip(times.tolist(), targets.tolist(), strict=True):
             units = round(target * self.spec.size) if math.isfinite(target) else 0

@@ -79,7 +79,12 @@ class Router:
         wait_for(seen, TIMEOUT, f"{process} subscribing to {topic}")
 
     def bar(self, i: int) -> None:
-        message = wire.Bars.of("EUR_USD", "M1", BARS[i : i + 1])
+        self.bars(i, i + 1)
+
+    def bars(self, i: int, j: int, previous: int | None = None) -> None:
+        """Bars i to j - 1 in one message; `previous`: the index the router says came before."""
+        said = -1 if previous is None else int(BARS["time"][previous])
+        message = wire.Bars.of("EUR_USD", "M1", BARS[i:j], said)
         self.pub.send_multipart(wire.frames("bar.EUR_USD.M1", message))
 
     def quotes(self, i: int) -> None:
@@ -190,8 +195,14 @@ def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
     router.bar(51)
     merged.append(51)
     expect(merged)  # and nothing else came in between
-    counters = system.wait_counter("b1", "targets", 8, TIMEOUT)
-    assert counters["targets"] == 8 and counters["gaps"] == 2
+    router.bars(
+        52, 58, previous=51
+    )  # six bars in one message (a replay's burst): one decision each
+    for i in range(52, 58):
+        merged.append(i)
+        expect(merged)
+    counters = system.wait_counter("b1", "targets", 14, TIMEOUT)
+    assert counters["targets"] == 14 and counters["gaps"] == 2
     assert counters["seen_twice"] == 2  # live 41 once more after history, and 43
 
 
