@@ -12,7 +12,8 @@ The bars: the first N of the real EUR/USD M1 file (its May 2014 days, ``../share
 directory, :func:`osm.live.promote.promote` checks ``SmaCross(fast, slow)`` on the bars (lookahead
 and parity gates) and registers it as a live-brain job; ``supervisor.up`` starts a real system:
 router (M1 bars, persisted), trader with the paper broker and its SQLite journal, and a replay
-feeder of the bars written as a bar CSV at speed 0 (as fast as the router acknowledges); the
+feeder of the bars written as a bar CSV at speed 0 (as fast as the router acknowledges, which
+holds it back while the brain lags); the
 supervisor runs the job, ``live_brain.ipynb``, under papermill, and starts the feeder once the
 brain in the kernel is warm. Every closed bar goes feeder -> router -> brain (the strategy on its
 window of `--window` bars) -> trader (risk, journal, paper broker) -> fill.
