@@ -68,6 +68,7 @@ from osm.strategies.base import load_strategy
 HISTORY_RETRY_S = 5.0
 TARGET_RETRY_S = 2.0
 TARGETS_IN_FLIGHT = 256  # well inside the sockets' high-water marks (1000 messages)
+_NOW = zmq.NOBLOCK  # a peer away must not stop the loop: what cannot be queued is sent later
 DECIDED_EVERY_S = 1.0  # the router forgets a brain silent for longer than its pace timeout
 
 
@@ -100,6 +101,7 @@ class Brain(Service):
         self._tag = b""
         self._outbox: deque[wire.Target] = deque()  # decisions not yet answered, oldest first
         self._in_flight = 0  # of the outbox, how many are sent (the first ones)
+        self._probing = False  # a retry sent the oldest alone; the rest wait for its answer
         self._target_sent_at = 0.0
         self._answered_ns = self._told_ns = 0  # market time decided and answered; told the router
         self._told_at = 0.0
@@ -130,10 +132,11 @@ class Brain(Service):
         ):
             self.counters["history_retries"] += 1
             self._ask_history(again=True)
-        if self._in_flight and time.monotonic() - self._target_sent_at > TARGET_RETRY_S:
-            self.counters["target_retries"] += 1
-            self._in_flight = 0
-            self._send_targets(limit=1)
+        if self._outbox and time.monotonic() - self._target_sent_at > TARGET_RETRY_S:
+            if self._in_flight:  # unanswered: lost with the trader, or it is away
+                self.counters["target_retries"] += 1
+                self._in_flight, self._probing = 0, True
+            self._send_targets()  # (else none could be queued: again now)
         self._tell_decided()
 
     def _tell_decided(self) -> None:
@@ -145,7 +148,10 @@ class Brain(Service):
         if self._answered_ns != self._told_ns or now - self._told_at >= DECIDED_EVERY_S:
             spec = self.spec
             message = wire.Decided(spec.instrument, spec.granularity, self._answered_ns)
-            self._history.send_multipart([b"decided", *wire.frames("decided", message)])
+            try:  # a router away for long: its queue full, the word is dropped, said again later
+                send_frames(self._history, [b"decided", *wire.frames("decided", message)], _NOW)
+            except zmq.Again:
+                self.counters["decided_dropped"] += 1
             self._told_ns, self._told_at = self._answered_ns, now
 
     def _ask_history(self, again: bool = False) -> None:
@@ -261,10 +267,10 @@ class Brain(Service):
         self.counters["targets"] += count
         self._send_targets()
 
-    def _send_targets(self, limit: int = TARGETS_IN_FLIGHT) -> None:
-        """Send the outbox's unsent targets, in order, while fewer than `limit` wait, each naming
-        the one before it."""
-        end = min(len(self._outbox), limit)
+    def _send_targets(self) -> None:
+        """Send the outbox's unsent targets, in order, each naming the one before it, while fewer
+        than TARGETS_IN_FLIGHT wait (one while probing a trader that did not answer)."""
+        end = min(len(self._outbox), 1 if self._probing else TARGETS_IN_FLIGHT)
         if self._in_flight >= end:
             return
         if not self._in_flight:
@@ -274,7 +280,11 @@ class Brain(Service):
             target = self._outbox[self._in_flight]
             if previous:
                 target = msgspec.structs.replace(target, previous_id=previous)
-            send_frames(self._orders, wire.frames("target", target))
+            try:
+                send_frames(self._orders, wire.frames("target", target), _NOW)
+            except zmq.Again:  # the trader's queue is full: the retry sends it
+                self.counters["targets_deferred"] += 1
+                return
             previous = target.client_id
             self._in_flight += 1
 
@@ -289,11 +299,12 @@ class Brain(Service):
         self._target_sent_at = time.monotonic()  # the trader answers: nothing is lost
         if reply.code == "out_of_order":
             self.counters["resent_in_order"] += 1
-            self._in_flight = 0
+            self._in_flight, self._probing = 0, False
             self._send_targets()
             return
         self._answered_ns = self._outbox.popleft().after_ns
         self._in_flight -= 1
+        self._probing = False  # the trader answers again
         self._send_targets()
         if reply.accepted:
             self.counters["accepted"] += 1

@@ -103,21 +103,30 @@ class _Book:
         self.partial_sent = np.zeros(n)
         self.partial_next = 0.0  # monotonic time its next forming bar may go out (earliest of g)
         self.applied = 0  # ticks applied since the start
-        # (last tick time, ticks applied) after each batch, the first at most LEAD_TICKS ago
+        # (a tick's time, ticks applied up to it), the first at most LEAD_TICKS ago
         self.marks: collections.deque[tuple[int, int]] = collections.deque()
 
-    def mark(self, ticks: int) -> None:
-        """Note a batch's `ticks` applied."""
-        self.applied += ticks
-        self.marks.append((int(self.last[0]), self.applied))
+    def mark(self, times: np.ndarray) -> None:
+        """Note the accepted ticks of a batch (their times, in order): a mark every eighth of
+        LEAD_TICKS within it and one at its end, so a batch of any size is measured finely."""
+        if not len(times):
+            return
+        step = max(1, LEAD_TICKS // 8)
+        for i in sorted({*range(step - 1, len(times), step), len(times) - 1}):
+            self.marks.append((int(times[i]), self.applied + i + 1))
+        self.applied += len(times)
         while len(self.marks) > 1 and self.marks[1][1] <= self.applied - LEAD_TICKS:
             self.marks.popleft()
 
-    def lead_start(self) -> int:
-        """A market time after which LEAD_TICKS ticks or more were applied (-1: not so many yet)."""
-        if self.marks and self.marks[0][1] <= self.applied - LEAD_TICKS:
-            return self.marks[0][0]
-        return -1
+    def lead_start(self, coming: int) -> int:
+        """A market time after which, with `coming` more ticks applied, LEAD_TICKS or more would
+        have been (-1: not so many)."""
+        start = -1
+        for time_ns, applied in self.marks:
+            if applied > self.applied + coming - LEAD_TICKS:
+                break
+            start = time_ns
+        return start
 
     def forming(self, g: int) -> np.ndarray:
         return to_bars(self.f_time[g : g + 1], self.f_px[g : g + 1], self.f_n[g : g + 1], False)
@@ -144,7 +153,9 @@ class _Follower(NamedTuple):
     instrument: str
     g: int  # its granularity's index
     until_ns: int
-    heard: float  # monotonic time
+    heard: float  # monotonic times: of its last word, of the last one that moved until_ns,
+    moved: float  # and of the last bar sent again for it
+    reminded: float = 0.0
 
 
 _NO_LIMIT = np.iinfo(np.int64).max
@@ -152,6 +163,7 @@ _NO_LIMIT = np.iinfo(np.int64).max
 # answered: a quarter of the quotes the paper broker keeps to fill late orders at.
 LEAD_TICKS = PaperConfig().quotes // 4
 PACE_TIMEOUT_S = 5.0  # a brain silent this long is gone (stopped, restarting): nobody waits for it
+REMIND_S = 2.0  # a brain waited for this long without moving is sent the last closed bar again
 CLOSE_CHECK_S = 0.25  # how often live instruments' forming bars are checked for their end
 _MAX_TOPIC = 64  # longer than any topic of the bar socket
 
@@ -293,7 +305,7 @@ class Router(Service):
             return
         if feed.flat_out:
             waiting = self._waiting.setdefault(message.feed, collections.deque())
-            if waiting or self._behind(message.instrument):
+            if waiting or self._behind(message.instrument, len(ticks)):
                 if waiting and message.seq <= waiting[-1][0].seq:
                     self.counters["batches_duplicate"] += 1  # resent while held back
                 else:
@@ -308,31 +320,45 @@ class Router(Service):
             return
         book = self.books[message.instrument]
         if len(ticks):
-            before = self.counters["ticks_applied"]
             self._apply(book, ticks, message.feed, feed.paced)
-            book.mark(self.counters["ticks_applied"] - before)
 
-    def _behind(self, instrument: str) -> bool:
+    def _behind(self, instrument: str, coming: int) -> bool:
         """Whether a brain following `instrument` has not had the trader answer a bar the router
-        has closed, while more than LEAD_TICKS ticks came after it: then a flat-out replay waits,
-        or the paper broker would no longer hold the quote that bar's order fills at."""
+        has closed, while LEAD_TICKS ticks would have come after it with `coming` more: then a
+        flat-out replay waits, or the paper broker would no longer hold the quote that bar's
+        order fills at.
+
+        A brain waiting that long without moving may have lost the bar (a message dropped, a
+        router restart): the series' last closed bar is sent to it again, and it asks for what
+        it lacks (else nothing would come to show it the gap, and the replay would wait forever).
+        """
         now, book = time.monotonic(), self.books[instrument]
+        behind = False
         for identity, follower in list(self._followers.items()):
             if now - follower.heard > PACE_TIMEOUT_S:
                 del self._followers[identity]  # gone (stopped, restarting): the replay goes on
                 continue
-            last = book.series[follower.g].last
-            if follower.instrument != instrument or last is None:
+            series = book.series[follower.g]
+            if follower.instrument != instrument or series.last is None:
                 continue
-            closed = next_open(int(last["time"]), self.granularities[follower.g], self.alignment)
-            if closed > follower.until_ns and follower.until_ns < book.lead_start():
-                return True
-        return False
+            granularity = self.granularities[follower.g]
+            closed = next_open(int(series.last["time"]), granularity, self.alignment)
+            if closed <= follower.until_ns or follower.until_ns >= book.lead_start(coming):
+                continue
+            behind = True
+            if now - max(follower.moved, follower.reminded) > REMIND_S:
+                self._followers[identity] = follower._replace(reminded=now)
+                last = series.view[-2:]
+                previous = int(last["time"][0]) if len(last) == 2 else -1
+                message = wire.Bars.of(instrument, granularity, last[-1:], previous)
+                send_frames(self.pub, wire.frames(f"bar.{instrument}.{granularity}", message))
+                self.counters["bars_reminded"] += 1
+        return behind
 
     def _release(self) -> None:
         """Apply the batches flat-out feeds were held back on, in order, while no brain lags."""
         for name, waiting in self._waiting.items():
-            while waiting and not self._behind(waiting[0][0].instrument):
+            while waiting and not self._behind(waiting[0][0].instrument, waiting[0][0].count):
                 message, ticks, identity = waiting.popleft()
                 self._take(message, ticks, identity, self.feeds[name])
 
@@ -501,6 +527,7 @@ class Router(Service):
             if count:
                 # Out at once: a brain waits on these bars, and nothing below changes them.
                 self._publish_closed(book, g, self._closed_rows[g, :count])
+        book.mark(ticks["time"])
         accepted = wire.Ticks.of(book.instrument, ticks, feed)
         self._ticks_out.append(wire.frames(f"tick.{book.instrument}", accepted))
         self.counters["ticks_applied"] += len(ticks)
@@ -686,11 +713,17 @@ class Router(Service):
             what = f"{message.instrument[:40]!r} {message.granularity[:10]!r}"
             self.reject("unexpected_message", f"Decided for {what}, a series the router lacks")
             return
-        g = self.granularities.index(message.granularity)
+        g, now = self.granularities.index(message.granularity), time.monotonic()
         self.counters["decided_heard"] += 1
-        self._followers[identity] = _Follower(
-            message.instrument, g, message.until_ns, time.monotonic()
-        )
+        known = self._followers.get(identity)
+        if known is not None and (known.instrument, known.g, known.until_ns) == (
+            message.instrument,
+            g,
+            message.until_ns,
+        ):
+            self._followers[identity] = known._replace(heard=now)
+        else:
+            self._followers[identity] = _Follower(message.instrument, g, message.until_ns, now, now)
         self._release()
 
     def _history_error(self, decoded: tuple[str, wire.AnyMessage] | None) -> str:

@@ -232,26 +232,27 @@ def test_targets_lost_with_the_trader_are_resent_in_bar_order_with_their_ids(sys
     assert [t.previous_id for t in sent] == ["", sent[0].client_id, sent[1].client_id]
     peer, probe = receive()  # no answer within TARGET_RETRY_S: the oldest alone again
     assert probe == lost
-    assert not trader.poll(300)
+    router.bar(22)  # decided, and held back while the probe waits
+    assert not trader.poll(500)
     answer(peer, probe)
     peer, second = receive()  # then the rest, the oldest unanswered naming none
-    _, third = receive()
+    rest = [receive()[1], receive()[1]]
     assert (second.client_id, second.previous_id) == (sent[1].client_id, "")
-    assert third == sent[2]
+    assert rest[0] == sent[2]
+    assert (rest[1].client_id, rest[1].previous_id) == (f"b1-{BARS['time'][22]}", rest[0].client_id)
     answer(peer, second, "out_of_order")  # what it named was lost: all again, from it
-    _, second_again = receive()
-    _, third_again = receive()
-    assert (second_again, third_again) == (second, third)
-    for target in (third, second_again, third_again):  # the first: to a copy, answered late
+    again = [receive()[1] for _ in range(3)]
+    assert again == [second, *rest]
+    for target in [*rest, *again]:  # the first two: to copies, answered late
         answer(peer, target)
     assert not trader.poll(int((TARGET_RETRY_S + 1) * 1000))  # all answered: nothing resent
-    counters = system.wait_counter("b1", "accepted", 3, TIMEOUT)
-    assert counters["targets"] == 3 and counters["target_retries"] == 1
-    assert counters["resent_in_order"] == 1 and counters["replies_late"] == 1
-    # The router hears how far the trader has answered: up to the close of bar 21.
+    counters = system.wait_counter("b1", "accepted", 4, TIMEOUT)
+    assert counters["targets"] == 4 and counters["target_retries"] == 1
+    assert counters["resent_in_order"] == 1 and counters["replies_late"] == 2
+    # The router hears how far the trader has answered: up to the close of bar 22.
     while router.history.poll(0):
         router.decided.append(wire.decode(router.history.recv_multipart()[-1]))
-    assert router.decided[-1] == wire.Decided("EUR_USD", "M1", int(BARS["time"][21]) + M1)
+    assert router.decided[-1] == wire.Decided("EUR_USD", "M1", int(BARS["time"][22]) + M1)
 
 
 def trader_journal(system: LiveSystem) -> tuple[list, list]:

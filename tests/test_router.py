@@ -31,7 +31,7 @@ from osm.live.aggregate import (
 )
 from osm.live.bus import feed_token
 from osm.live.feeds.replay import load_ticks
-from osm.live.router import LEAD_TICKS, PACE_TIMEOUT_S
+from osm.live.router import LEAD_TICKS, PACE_TIMEOUT_S, REMIND_S, _Book
 from osm.live.store import read_bars
 from tests.live_helpers import LiveSystem, started_ok, wait_for
 
@@ -583,8 +583,9 @@ def test_closed_bars_name_the_bar_before_them_over_minutes_without_ticks(home: P
 
 def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(home: Path) -> None:
     """Once LEAD_TICKS ticks came after the last bar a brain had answered, a flat-out feed's
-    batches are held back (neither applied nor acknowledged); they go on when the brain catches
-    up, or when it falls silent (gone) for PACE_TIMEOUT_S."""
+    batches are held back (neither applied nor acknowledged), and a brain that does not move is
+    sent the last closed bar again; they go on when the brain catches up, or when it falls
+    silent (gone) for PACE_TIMEOUT_S."""
     config = SystemConfig(
         feeds=[FeedConfig(name="f", speed=0, batch=1000)],
         router=RouterConfig(granularities=["M1"]),
@@ -620,6 +621,8 @@ def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(ho
         held = system.wait_counter("router", "batches_paced", 1, 30)
         assert LEAD_TICKS <= held["ticks_applied"] <= LEAD_TICKS + 2000
         assert not wait_for_quiet(applied, 1.0) < LEAD_TICKS  # it stays held back
+        # A brain that does not move may have lost a bar: the last closed one is sent again.
+        system.wait_counter("router", "bars_reminded", 1, REMIND_S + 2)
         decided(t0 + sent * NS + 3600 * NS, 2)  # caught up with every bar
         wait_for(lambda: applied() == sent, 30, "the held batches applied")
         decided(0, 3)  # far behind again, then silent
@@ -640,3 +643,18 @@ def wait_for_quiet(value: Callable[[], int], seconds: float) -> int:
         if now != last:
             last, since = now, time.monotonic()
     return last
+
+
+def test_the_lead_is_measured_within_a_batch_of_any_size_in_bounded_memory() -> None:
+    book = _Book("EUR_USD", ["M1"], 10)
+    times = np.arange(3 * LEAD_TICKS, dtype=np.int64)
+    book.mark(times)  # one batch, far larger than the lead
+    start = book.lead_start(0)
+    after = np.count_nonzero(times > start)  # ticks that came after it
+    assert LEAD_TICKS <= after <= LEAD_TICKS + LEAD_TICKS // 8
+    assert book.lead_start(LEAD_TICKS) > start  # a batch as long to come: held back sooner
+    marks = len(book.marks)
+    assert marks <= 10
+    for _ in range(100):
+        book.mark(times[:0])  # a batch whose every tick was refused: nothing noted
+    assert len(book.marks) == marks
