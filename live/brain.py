@@ -164,7 +164,10 @@ class Brain(Service):
         request = wire.HistoryRequest(
             self.spec.instrument, self.spec.granularity, wanted.count, wanted.end_ns
         )
-        self._history.send_multipart([self._tag, *wire.frames("history", request)])
+        try:  # a router away for long (its queue full): asked again after HISTORY_RETRY_S
+            send_frames(self._history, [self._tag, *wire.frames("history", request)], _NOW)
+        except zmq.Again:
+            self.counters["history_deferred"] += 1
         self._sent, self._requested_at = wanted, time.monotonic()
 
     def _bars_of(

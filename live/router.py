@@ -154,7 +154,8 @@ class _Follower(NamedTuple):
     g: int  # its granularity's index
     until_ns: int
     heard: float  # monotonic times: of its last word, of the last one that moved until_ns,
-    moved: float  # and of the last bar sent again for it
+    moved: float  # since when it is waited for (0: it is not), of the last bar sent again for it
+    waited: float = 0.0
     reminded: float = 0.0
 
 
@@ -333,7 +334,7 @@ class Router(Service):
         it lacks (else nothing would come to show it the gap, and the replay would wait forever).
         """
         now, book = time.monotonic(), self.books[instrument]
-        behind = False
+        behind, reminded = False, set()
         for identity, follower in list(self._followers.items()):
             if now - follower.heard > PACE_TIMEOUT_S:
                 del self._followers[identity]  # gone (stopped, restarting): the replay goes on
@@ -343,10 +344,18 @@ class Router(Service):
                 continue
             granularity = self.granularities[follower.g]
             closed = next_open(int(series.last["time"]), granularity, self.alignment)
-            if closed <= follower.until_ns or follower.until_ns >= book.lead_start(coming):
+            # Its next order fills at the first quote after the bar it has yet to answer closes.
+            needed = next_open(follower.until_ns, granularity, self.alignment)
+            if closed <= follower.until_ns or needed >= book.lead_start(coming):
+                if follower.waited:
+                    self._followers[identity] = follower._replace(waited=0.0)
                 continue
             behind = True
-            if now - max(follower.moved, follower.reminded) > REMIND_S:
+            if not follower.waited:
+                follower = self._followers[identity] = follower._replace(waited=now)
+            since = max(follower.moved, follower.waited, follower.reminded)
+            if now - since > REMIND_S and follower.g not in reminded:
+                reminded.add(follower.g)  # one bar per series, whoever else waits on it
                 self._followers[identity] = follower._replace(reminded=now)
                 last = series.view[-2:]
                 previous = int(last["time"][0]) if len(last) == 2 else -1
