@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -537,22 +538,27 @@ def test_hostile_input_is_counted_and_valid_ticks_survive(home: Path) -> None:
         system.close()
 
 
-def test_closed_bars_name_the_bar_before_them_over_minutes_without_ticks(home: Path) -> None:
-    """Each message of closed bars says which bar the series closed before its first
-    (``previous``), so a follower tells a minute the market skipped from a message it lost."""
-    config = SystemConfig(
-        feeds=[FeedConfig(name="f", instruments=["EUR_USD"])],
-        router=RouterConfig(granularities=["M1"]),
-    )
+@contextlib.contextmanager
+def router_alone(home: Path, feed: FeedConfig) -> Iterator[tuple[LiveSystem, Batches]]:
+    """A router building M1 bars of `feed`, and the signed batches the test sends as that feed."""
+    config = SystemConfig(feeds=[feed], router=RouterConfig(granularities=["M1"]))
     system = LiveSystem(home, config)
     try:
         system.start("router", "router")
         started_ok(system, "router")
+        yield system, Batches(feed.name, feed_token(system.rundir, feed.name))
+    finally:
+        system.close()
+
+
+def test_closed_bars_name_the_bar_before_them_over_minutes_without_ticks(home: Path) -> None:
+    """Each message of closed bars says which bar the series closed before its first
+    (``previous``), so a follower tells a minute the market skipped from a message it lost."""
+    with router_alone(home, FeedConfig(name="f")) as (system, batches):
         sub = system.socket(zmq.SUB, "router_bars")
         for topic in (b"bar.EUR_USD.M1", b"tick.EUR_USD"):
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         dealer = system.socket(zmq.DEALER, "router_ticks")
-        batches = Batches("f", feed_token(system.rundir, "f"))
         t0 = pd.Timestamp("2024-01-08T10:00Z").value
 
         def send(times_ns: list[int]) -> None:
@@ -577,8 +583,6 @@ def test_closed_bars_name_the_bar_before_them_over_minutes_without_ticks(home: P
             ([0, 1], -1),  # the series' first bars
             ([4, 5, 9], t0 + minute),
         ]
-    finally:
-        system.close()
 
 
 def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(home: Path) -> None:
@@ -586,17 +590,9 @@ def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(ho
     batches are held back (neither applied nor acknowledged), and a brain that does not move is
     sent the last closed bar again; they go on when the brain catches up, or when it falls
     silent (gone) for PACE_TIMEOUT_S."""
-    config = SystemConfig(
-        feeds=[FeedConfig(name="f", speed=0, batch=1000)],
-        router=RouterConfig(granularities=["M1"]),
-    )
-    system = LiveSystem(home, config)
-    try:
-        system.start("router", "router")
-        started_ok(system, "router")
+    with router_alone(home, FeedConfig(name="f", speed=0, batch=1000)) as (system, batches):
         brain = system.socket(zmq.DEALER, "router_history")
         dealer = system.socket(zmq.DEALER, "router_ticks")
-        batches = Batches("f", feed_token(system.rundir, "f"))
         t0 = pd.Timestamp("2024-01-08T10:00Z").value
         sent = 0
 
@@ -630,8 +626,6 @@ def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(ho
         system.wait_counter("router", "batches_paced", held["batches_paced"] + 5, 30)
         assert applied() < sent
         wait_for(lambda: applied() == sent, PACE_TIMEOUT_S + 20, "a silent brain forgotten")
-    finally:
-        system.close()
 
 
 def wait_for_quiet(value: Callable[[], int], seconds: float) -> int:
