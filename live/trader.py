@@ -231,7 +231,7 @@ class Trader(Service):
                 f"{known['units']} units); a client id is executed at most once"
             )
             return self._refuse(order, kind, target, Refusal("duplicate", text), journal=False)
-        previous = getattr(message, "previous_id", "")
+        previous = message.previous_id if isinstance(message, wire.Target) else ""
         if previous and self.journal.lookup(previous) is None:
             text = (
                 f"the decision before it, {previous!r}, has not reached the trader (lost on the "
