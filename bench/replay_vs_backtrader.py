@@ -16,7 +16,9 @@ feeder of the bars written as a bar CSV at speed 0 (as fast as the router acknow
 holds it back while the brain lags); the
 supervisor runs the job, ``live_brain.ipynb``, under papermill, and starts the feeder once the
 brain in the kernel is warm. Every closed bar goes feeder -> router -> brain (the strategy on its
-window of `--window` bars) -> trader (risk, journal, paper broker) -> fill.
+window of `--window` bars) -> trader (risk, journal, paper broker) -> fill. A decision that repeats
+the target before it is not sent to the trader (it holds that position already), except the last
+of a burst; the replay waits for the brain's decisions and for the trader's quotes.
 
 What is timed, osm: from the instant this process receives the router's first closed bar on a SUB
 of ``router_bars`` (the feeder's first batch has been aggregated; the subscription closes then),
@@ -24,7 +26,8 @@ to the trader's journal time (``updated_ns``, wall clock) of the last change to 
 taken once the decision on the last closed bar is journaled and no order of the job is open. Both
 are ``time.time_ns()`` on this machine. Not timed: system start-up, papermill and the kernel,
 the brain's warm-up, the stop. ``osm_bars_per_s`` = decisions (N - 1: the file's last bar never
-closes) / that interval.
+closes; the job's summary cell counts them, and parity fails unless it shows N - 1) / that
+interval.
 
 **backtrader** in its best configuration for one backtest, per its documentation:
 ``bt.Cerebro(stdstats=False)`` (no observers), ``preload=True`` and ``runonce=True`` (indicators

@@ -123,6 +123,15 @@ class Decided(Message, tag="decided.v1"):
     until_ns: int
 
 
+class Quoted(Message, tag="quoted.v1"):
+    """The trader has taken the quotes of `instrument` up to market time `until_ns` (the newest
+    it holds). Sent to the router's history socket while a flat-out replay runs, which then waits
+    for the trader as for a brain; no answer."""
+
+    instrument: str
+    until_ns: int
+
+
 class Target(Message, tag="target.v1"):
     """A brain's wanted position; the trader sends the difference from the current one.
 
@@ -205,8 +214,8 @@ class Reply(Message, tag="reply.v1"):
 
 
 AnyMessage = (
-    Ticks | Bars | Backfill | Ack | Heartbeat | HistoryRequest | Decided | Target | Order | OrderReply
-    | Fill | Position | Command | Reply
+    Ticks | Bars | Backfill | Ack | Heartbeat | HistoryRequest | Decided | Quoted | Target | Order
+    | OrderReply | Fill | Position | Command | Reply
 )  # fmt: skip
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)

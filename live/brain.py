@@ -24,6 +24,13 @@ the strategy declares a warm-up the window covers (``Strategy.warmup``, as the b
 bar then gets at least its warm-up, and its target is the one a backtest over all history gives.
 A strategy that declares none is called once per bar, on exactly the window that bar ends.
 
+A decision that repeats the last target sent is not sent again (the trader holds or works it
+already): in a flat-out replay most decisions do, and the trader's work is then per trade, not per
+bar. The last decision on the bars that came together always goes out, so the trader's journal
+shows how far the brain has decided (live, where each bar comes alone, that is every decision),
+and so does one after a refusal. A brain with a stop-loss or take-profit sends every decision: its
+position can leave the target between two of them.
+
 Targets go to the trader in bar order, up to TARGETS_IN_FLIGHT unanswered: the trader answers them
 in the order sent. Each one sent behind an unanswered one names it (``previous_id``), and the
 trader refuses it unjournaled (``out_of_order``) unless that one is journaled: no later decision
@@ -36,7 +43,8 @@ same, so the trader journals each decision once; a copy it already journaled com
 ``duplicate`` and counts as answered.
 
 The brain tells the router (``wire.Decided`` on its history socket) how far the trader has answered
-its decisions, when that moves and every DECIDED_EVERY_S: a flat-out replay waits for it.
+its decisions (a decision not sent counts as answered with the target it repeats), when that moves
+and every DECIDED_EVERY_S: a flat-out replay waits for it.
 
 Warm-up counts in ``warmups`` and is reported at once in a heartbeat: the supervisor starts the
 feeders of the brain's instrument only then, so a replay's first bar is decided like its last.
@@ -44,6 +52,7 @@ feeders of the brain's instrument only then, so a replay's first bar is decided 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -63,6 +72,7 @@ from osm.core.granularity import next_open
 from osm.core.rundir import RunDir
 from osm.live.follow import BarMerge, Wanted, join_bars
 from osm.live.service import Service, send_frames
+from osm.research.synthetic import random_walk_bars
 from osm.strategies.base import load_strategy
 
 HISTORY_RETRY_S = 5.0
@@ -70,6 +80,15 @@ TARGET_RETRY_S = 2.0
 TARGETS_IN_FLIGHT = 256  # well inside the sockets' high-water marks (1000 messages)
 _NOW = zmq.NOBLOCK  # a peer away must not stop the loop: what cannot be queued is sent later
 DECIDED_EVERY_S = 1.0  # the router forgets a brain silent for longer than its pace timeout
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """A target sent or to send, and the time decided up to once it is answered: the decisions
+    after it that repeated it were not sent."""
+
+    target: wire.Target
+    covers_ns: int
 
 
 class Brain(Service):
@@ -99,7 +118,8 @@ class Brain(Service):
         self._requested_at = 0.0
         self._tags = itertools.count()
         self._tag = b""
-        self._outbox: deque[wire.Target] = deque()  # decisions not yet answered, oldest first
+        self._outbox: deque[_Pending] = deque()  # targets not yet answered, oldest first
+        self._queued_units: int | None = None  # of the newest target queued (None: send the next)
         self._in_flight = 0  # of the outbox, how many are sent (the first ones)
         self._probing = False  # a retry sent the oldest alone; the rest wait for its answer
         self._target_sent_at = 0.0
@@ -114,6 +134,16 @@ class Brain(Service):
         self.on(self._history, self._on_history)
         self.on(self._orders, self._on_reply)
         self._ask_history()
+        self._prime()
+
+    def _prime(self) -> None:
+        """Run the strategy once on made-up bars while the history is on its way: its compiled
+        code (numba's cache) is loaded now, not on the first bar (about 0.6 s for a built-in)."""
+        bars = random_walk_bars(self.spec.window, seed=0)
+        try:
+            self.strategy.targets(bars)
+        except Exception as exc:  # noqa: BLE001 - only a head start: the first bar decides
+            self.log.info("strategy not primed on made-up bars (%s: %s)", type(exc).__name__, exc)
 
     def _spec(self) -> BrainConfig:
         if self._given is not None:
@@ -253,21 +283,27 @@ class Brain(Service):
             for i in range(start, stop):  # warm-up unknown: each bar on exactly its window
                 last = len(bars) - count + i + 1
                 targets[i] = self.strategy.targets(bars[max(0, last - window) : last])[-1]
-        granularity, alignment = self.spec.granularity, self.config.router.alignment
-        for bar_time, target in zip(times.tolist(), targets.tolist(), strict=True):
-            units = round(target * self.spec.size) if math.isfinite(target) else 0
-            self._outbox.append(
-                wire.Target(
-                    self.name,
-                    self.spec.instrument,
-                    units,
-                    f"{self.name}-{bar_time}",
-                    next_open(bar_time, granularity, alignment),
-                    self.spec.stop_loss,
-                    self.spec.take_profit,
-                )
-            )
-        self.counters["targets"] += count
+        self.counters["decisions"] += count
+        spec, alignment = self.spec, self.config.router.alignment
+        every = spec.stop_loss is not None or spec.take_profit is not None
+        last = count - 1
+        for k, (bar_time, target) in enumerate(zip(times.tolist(), targets.tolist(), strict=True)):
+            units = round(target * spec.size) if math.isfinite(target) else 0
+            after_ns = next_open(bar_time, spec.granularity, alignment)
+            if units == self._queued_units and k < last and not every:
+                self.counters["targets_unchanged"] += 1
+                if self._outbox:  # answered with the target before it, which it repeats
+                    self._outbox[-1].covers_ns = after_ns
+                else:
+                    self._answered_ns = after_ns
+                continue
+            message = wire.Target(
+                self.name, spec.instrument, units, f"{self.name}-{bar_time}", after_ns,
+                spec.stop_loss, spec.take_profit,
+            )  # fmt: skip
+            self._outbox.append(_Pending(message, after_ns))
+            self._queued_units = units
+            self.counters["targets"] += 1
         self._send_targets()
 
     def _send_targets(self) -> None:
@@ -278,9 +314,9 @@ class Brain(Service):
             return
         if not self._in_flight:
             self._target_sent_at = time.monotonic()  # the retry timer runs from the oldest's send
-        previous = self._outbox[self._in_flight - 1].client_id if self._in_flight else ""
+        previous = self._outbox[self._in_flight - 1].target.client_id if self._in_flight else ""
         while self._in_flight < end:
-            target = self._outbox[self._in_flight]
+            target = self._outbox[self._in_flight].target
             if previous:
                 target = msgspec.structs.replace(target, previous_id=previous)
             try:
@@ -295,7 +331,7 @@ class Brain(Service):
         reply = self.expect(parts, wire.OrderReply, "from the trader")
         if reply is None:
             return
-        if not self._in_flight or reply.client_id != self._outbox[0].client_id:
+        if not self._in_flight or reply.client_id != self._outbox[0].target.client_id:
             # The answer to a copy sent twice, or to one sent behind a lost one (out_of_order).
             self.counters["replies_late"] += 1
             return
@@ -305,7 +341,7 @@ class Brain(Service):
             self._in_flight, self._probing = 0, False
             self._send_targets()
             return
-        self._answered_ns = self._outbox.popleft().after_ns
+        self._answered_ns = self._outbox.popleft().covers_ns
         self._in_flight -= 1
         self._probing = False  # the trader answers again
         self._send_targets()
@@ -315,4 +351,5 @@ class Brain(Service):
             self.counters["already_journaled"] += 1  # a copy of one the trader has: answered
         else:
             self.counters["refused"] += 1
+            self._queued_units = None  # the next decision goes out even if it is the same
             self.log.warning("target %s refused: %s", reply.client_id, reply.reason)

@@ -80,8 +80,8 @@ class LiveRun:
 
     job: str
     bars: int  # bars replayed
-    decisions: int  # the job's decisions the trader journaled (one per closed bar)
-    refused: int  # of those, refused (risk, stale): parity fails if any
+    decisions: int  # the job's brain's decisions (one per closed bar), as its summary cell shows
+    refused: int  # decisions the trader refused or let expire: parity fails if any
     fills: list[Fill]
     seconds: float  # first closed bar published -> the last decision settled in the journal
     summary: str  # the job's summary cell, as its output notebook holds it
@@ -169,7 +169,7 @@ def replay_job(
     gate_bars
         The bars promotion checks the strategy on (default: `bars`).
     progress
-        Called with the number of decisions journaled so far, from the first closed bar on.
+        Called with the bars decided so far (up to the newest decision the trader journaled).
     say
         Called with a line at each step (promoted, system up, job running, stopped).
     schedule
@@ -203,7 +203,7 @@ def replay_job(
         say(f"system up (supervisor pid {done.pid}); the feeder waits for job {job}'s brain")
         with Client(rundir.home, timeout_s=15.0) as client:
             started_ns = _first_bar_ns(client, pids, say)
-            ended_ns = _wait_settled(journal, job, last_id, client, progress)
+            ended_ns = _wait_settled(journal, job, last_id, bars["time"], client, progress)
             pids |= _system_pids(client.status())  # a process restarted meanwhile: its new pid
     finally:
         say("stopping the system: the job's summary cell, then every process")
@@ -211,15 +211,16 @@ def replay_job(
     left = [p.pid for p in psutil.wait_procs(_processes(pids), timeout=30)[1]]
     runs = list_runs(rundir, job)
     notebook = Path(runs[-1]["notebook"]) if runs else None
-    decisions, refused, fills = _journaled(journal, job)
+    refused, fills = _journaled(journal, job)
+    summary = _summary_cell(notebook)
     return LiveRun(
         job=job,
         bars=len(bars),
-        decisions=decisions,
+        decisions=_summary_figures(summary)[2] or 0,
         refused=refused,
         fills=fills,
         seconds=(ended_ns - started_ns) / 1e9,
-        summary=_summary_cell(notebook),
+        summary=summary,
         notebook=notebook,
         pids=sorted(pids),
         left_running=left,
@@ -274,57 +275,63 @@ def _wait_settled(
     journal: Path,
     job: str,
     last_id: str,
+    times: np.ndarray,
     client: Client,
     progress: Callable[[int], None] | None,
 ) -> int:
     """Wait until the trader journaled `last_id` and no order of `job` is open; return the wall
-    time (ns) of the journal's last change of the job's orders."""
+    time (ns) of the journal's last change of the job's orders. Progress: the bars (opening at
+    `times`) up to the newest decision journaled (a decision that repeats the target before it
+    is not sent, but the last bar of a burst always is)."""
     seen, moved = -1, time.monotonic()
     while True:
-        done, decisions, last_change = _settled(journal, job, last_id)
-        if decisions != seen:
-            seen, moved = decisions, time.monotonic()
+        done, until_ns, last_change = _settled(journal, job, last_id)
+        decided = int(np.searchsorted(times, until_ns))  # bars opening before the next open
+        if decided != seen:
+            seen, moved = decided, time.monotonic()
             if progress is not None:
-                progress(decisions)
+                progress(decided)
         if done:
             return last_change
         if time.monotonic() - moved > BAR_TIMEOUT_S:
             _check_job(client.status()["jobs"])
             raise OsmError(
                 f"the trader settled no decision of job {job} for {BAR_TIMEOUT_S:.0f} s "
-                f"({decisions} so far); see logs/ and runs/{job}/ in {client.rundir.home}"
+                f"({decided} bars decided so far); see logs/ and runs/{job}/ in "
+                f"{client.rundir.home}"
             )
         time.sleep(0.1)
 
 
 def _settled(journal: Path, job: str, last_id: str) -> tuple[bool, int, int]:
-    """(settled, decisions journaled, newest updated_ns) of `job`'s orders in the journal."""
+    """(settled, newest decision's after_ns, newest updated_ns) of `job`'s orders in the
+    journal."""
     if not journal.exists():
         return False, 0, 0
     try:
         with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
-            # One statement, so one snapshot: the count, the last decision and the open orders.
-            count, newest, has_last, open_orders = db.execute(
-                "SELECT count(*), coalesce(max(updated_ns), 0), coalesce(sum(client_id = ?), 0), "
-                "coalesce(sum(status IN ('new', 'sent')), 0) FROM orders WHERE brain = ?",
+            # One statement, so one snapshot: the last decision, the open orders, the times.
+            until_ns, newest, has_last, open_orders = db.execute(
+                "SELECT coalesce(max(after_ns), 0), coalesce(max(updated_ns), 0), "
+                "coalesce(sum(client_id = ?), 0), coalesce(sum(status IN ('new', 'sent')), 0) "
+                "FROM orders WHERE brain = ?",
                 (last_id, job),
             ).fetchone()
     except sqlite3.OperationalError:
         return False, 0, 0  # the trader is creating it
-    return bool(has_last) and open_orders == 0, count, newest
+    return bool(has_last) and open_orders == 0, until_ns, newest
 
 
-def _journaled(journal: Path, job: str) -> tuple[int, int, list[Fill]]:
+def _journaled(journal: Path, job: str) -> tuple[int, list[Fill]]:
     with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
-        decisions, refused = db.execute(
-            "SELECT count(*), coalesce(sum(status IN ('refused', 'expired')), 0) FROM orders "
-            "WHERE brain = ?",
+        [refused] = db.execute(
+            "SELECT coalesce(sum(status IN ('refused', 'expired')), 0) FROM orders WHERE brain = ?",
             (job,),
         ).fetchone()
         rows = db.execute(
             "SELECT time_ns, units, price FROM fills WHERE brain = ? ORDER BY seq", (job,)
         ).fetchall()
-    return decisions, refused, [Fill(int(t), int(u), float(p)) for t, u, p in rows]
+    return refused, [Fill(int(t), int(u), float(p)) for t, u, p in rows]
 
 
 def _summary_cell(notebook: Path | None) -> str:
@@ -367,7 +374,7 @@ def check_parity(
     position = sum(f.units for f in want)
     mark = (float(bars["bid_close"][-2]) + float(bars["ask_close"][-2])) / 2
     pnl = round(-sum(f.units * f.price for f in want) - paid + position * mark, 2)
-    shown_position, shown_pnl = _summary_figures(live.summary)
+    shown_position, shown_pnl, _ = _summary_figures(live.summary)
     reason = ""
     if live.refused:
         reason = f"the trader refused or let expire {live.refused} of the job's decisions"
@@ -389,12 +396,15 @@ def check_parity(
     return Parity(len(want), not reason, reason, (position, shown_position), (pnl, shown_pnl))
 
 
-def _summary_figures(summary: str) -> tuple[int | None, float | None]:
+def _summary_figures(summary: str) -> tuple[int | None, float | None, int | None]:
+    """(position, PnL, decisions) as the job's summary cell shows them."""
     position = re.search(r"position\s+([+-]?\d+)", summary)
     pnl = re.search(r"PnL\s+([+-]?\d+\.\d+)", summary)
+    decisions = re.search(r"decisions this run\s+(\d+)", summary)
     return (
         int(position[1]) if position else None,
         float(pnl[1]) if pnl else None,
+        int(decisions[1]) if decisions else None,
     )
 
 

@@ -53,7 +53,8 @@ class BrainRun:
     params: dict[str, Any]
     instrument: str
     granularity: str
-    decisions: int  # targets the brain sent in this run
+    decisions: int  # bars the brain decided in this run
+    targets: int  # of those, sent to the trader (a decision repeating the last is not)
     bars: int  # bars in its window at the end
     fills: int  # the job's fills in the trader's journal (every run of the job)
     position: int  # units held by the job
@@ -65,7 +66,8 @@ class BrainRun:
         return (
             f"job {self.job}: {self.strategy.rpartition(':')[2]} {self.params} on "
             f"{self.instrument} {self.granularity}\n"
-            f"  decisions this run  {self.decisions} (last bar {self.last_bar or '-'})\n"
+            f"  decisions this run  {self.decisions} (last bar {self.last_bar or '-'}; "
+            f"{self.targets} sent as targets)\n"
             f"  fills (all runs)    {self.fills}\n"
             f"  position            {self.position:+d} {self.instrument}\n"
             f"  PnL                 {self.pnl:+.2f} (commission {self.commission:.2f} included)"
@@ -284,7 +286,8 @@ def summarise(rundir: RunDir, spec: cfg.BrainConfig, brain: Brain) -> BrainRun:
         params=brain.strategy.values,
         instrument=spec.instrument,
         granularity=spec.granularity,
-        decisions=int(brain.counters.get("targets", 0)),
+        decisions=int(brain.counters.get("decisions", 0)),
+        targets=int(brain.counters.get("targets", 0)),
         bars=len(brain.series),
         fills=len(rows),
         position=int(position),

@@ -27,14 +27,18 @@ Sockets (endpoint names of ``endpoints.json``):
     ``wire.HistoryRequest`` -> ``history.<INSTRUMENT>.<GRAN>`` + ``wire.Bars`` of closed bars
     (from memory, else the store; a granularity not built is resampled from a finer one that is),
     or ``error`` + ``wire.Reply(ok=False, error=...)``. ``wire.Decided`` (no answer): how far the
-    trader has answered a brain's decisions, by which a flat-out replay is paced.
+    trader has answered a brain's decisions; ``wire.Quoted`` (no answer): how far the trader has
+    taken an instrument's quotes. A flat-out replay is paced by both.
 
-A replay at speed 0 runs as fast as its slowest brain, not faster: once LEAD_TICKS ticks of an
-instrument came after the last bar a brain following it had answered, while the router has closed
-a later bar, the feed's batches are held back, neither applied nor acknowledged (so the feeder
-stops at its window), and applied in order when the brain catches up (``batches_paced``). The paper
-broker fills a late order from the quotes it still holds; a brain left further behind would see
-its decisions expire. A brain silent for PACE_TIMEOUT_S (stopped, restarting) is not waited for.
+A replay at speed 0 runs as fast as its slowest brain, or the trader, not faster: once LEAD_TICKS
+ticks of an instrument came after the last bar a brain following it had answered, while the router
+has closed a later bar, or after the last quote the trader took, the feed's batches are held back,
+neither applied nor acknowledged (so the feeder stops at its window), and applied in order when
+they catch up (``batches_paced``). The paper broker fills a late order from the quotes it still
+holds; a brain left further behind would see its decisions expire, and a trader's queue of quotes
+would overflow. A follower silent for PACE_TIMEOUT_S (stopped, restarting) is not waited for, nor
+is a trader that does not move for REMIND_S while waited for. A batch's ticks are published before
+the bars they close: the trader has a bar's fill quote before any order decided on that bar.
 
 Ticks are screened per instrument (:func:`osm.live.aggregate.screen`, called by
 :func:`osm.live.aggregate.ingest_screened`); a refused tick is counted as ``rejected.<reason>``
@@ -147,11 +151,15 @@ class _Feed(NamedTuple):
     flat_out: bool  # a replay at speed 0: it waits for the brains (see Router._behind)
 
 
+QUOTES = -1  # a follower's series: the trader's quotes (wire.Quoted), not a granularity's bars
+
+
 class _Follower(NamedTuple):
-    """A brain's last word on how far the trader has answered its decisions (wire.Decided)."""
+    """A brain's last word on how far the trader has answered its decisions (wire.Decided), or
+    the trader's on the quotes it has taken (wire.Quoted)."""
 
     instrument: str
-    g: int  # its granularity's index
+    g: int  # its granularity's index, or QUOTES
     until_ns: int
     heard: float  # monotonic times: of its last word, of the last one that moved until_ns,
     moved: float  # since when it is waited for (0: it is not), of the last bar sent again for it
@@ -213,7 +221,6 @@ class Router(Service):
         self._closed_rows = np.empty((len(steps), 64), BAR_DTYPE)
         self._closed_counts = np.zeros(len(steps), np.int64)
         self._closed: list[wire.Bars] = []
-        self._ticks_out: list[list[bytes]] = []
         self._replies: dict[str, bytes] = {}  # feed -> identity of the peer to acknowledge
         self._partials_at = np.inf  # no forming bar may be published before this monotonic time
         self._next_sync = 0.0
@@ -325,9 +332,10 @@ class Router(Service):
 
     def _behind(self, instrument: str, coming: int) -> bool:
         """Whether a brain following `instrument` has not had the trader answer a bar the router
-        has closed, while LEAD_TICKS ticks would have come after it with `coming` more: then a
-        flat-out replay waits, or the paper broker would no longer hold the quote that bar's
-        order fills at.
+        has closed, or the trader has not taken its quotes, while LEAD_TICKS ticks would have
+        come after that with `coming` more: then a flat-out replay waits, or the paper broker
+        would no longer hold the quote that bar's order fills at (or the trader's queue of quotes
+        would overflow, and quotes be lost).
 
         A brain waiting that long without moving may have lost the bar (a message dropped, a
         router restart): the series' last closed bar is sent to it again, and it asks for what
@@ -339,8 +347,21 @@ class Router(Service):
             if now - follower.heard > PACE_TIMEOUT_S:
                 del self._followers[identity]  # gone (stopped, restarting): the replay goes on
                 continue
+            if follower.instrument != instrument:
+                continue
+            if follower.g == QUOTES:  # the trader: it fills from the quotes it has taken
+                if follower.until_ns >= book.lead_start(coming):  # fewer than LEAD_TICKS to take
+                    if follower.waited:
+                        self._followers[identity] = follower._replace(waited=0.0)
+                    continue
+                if not follower.waited:
+                    follower = self._followers[identity] = follower._replace(waited=now)
+                # One not moving while waited for lost quotes (a restart), which the coming ones
+                # replace: the replay goes on.
+                behind = behind or now - max(follower.moved, follower.waited) <= REMIND_S
+                continue
             series = book.series[follower.g]
-            if follower.instrument != instrument or series.last is None:
+            if series.last is None:
                 continue
             granularity = self.granularities[follower.g]
             closed = next_open(int(series.last["time"]), granularity, self.alignment)
@@ -532,13 +553,15 @@ class Router(Service):
         book.changed = True
         book.partial_due[:] = True
         self._partials_at = min(self._partials_at, book.partial_next)
+        # The ticks before the bars they close: an order decided on a bar fills at the quote that
+        # closed it, which the trader then has (or has queued) when the order comes.
+        accepted = wire.Ticks.of(book.instrument, ticks, feed)
+        send_frames(self.pub, wire.frames(f"tick.{book.instrument}", accepted))
         for g, count in enumerate(self._closed_counts.tolist()):
             if count:
                 # Out at once: a brain waits on these bars, and nothing below changes them.
                 self._publish_closed(book, g, self._closed_rows[g, :count])
         book.mark(ticks["time"])
-        accepted = wire.Ticks.of(book.instrument, ticks, feed)
-        self._ticks_out.append(wire.frames(f"tick.{book.instrument}", accepted))
         self.counters["ticks_applied"] += len(ticks)
 
     def _publish_closed(self, book: _Book, g: int, bars: np.ndarray) -> None:
@@ -598,19 +621,17 @@ class Router(Service):
                 self.counters["bars_closed_by_time"] += 1
 
     def _commit(self) -> None:
-        """Publish the round's ticks, journal the round, then acknowledge it: an ack means it is
-        durable.
+        """Journal the round, then acknowledge it: an ack means it is durable.
 
-        Its closed bars went out as they closed (:meth:`_apply`), so neither the journal write nor
-        the rest of a drained burst is on the tick-to-bar path. A bar published but not
-        journaled when the router dies is rebuilt, identical, from the ticks the feeder resends
-        (they were never acknowledged), and subscribers drop the repeat by its open time.
+        Its ticks and closed bars went out as they were applied (:meth:`_apply`), so neither the
+        journal write nor the rest of a drained burst is on the tick-to-bar path. A bar published
+        but not journaled when the router dies is rebuilt, identical, from the ticks the feeder
+        resends (they were never acknowledged), and subscribers drop the repeat by its open time;
+        the paper broker its ticks.
         """
         changed = [b for b in self.books.values() if b.changed]
         if not (self._closed or changed or self._replies):
             return
-        for frames in self._ticks_out:
-            send_frames(self.pub, frames)
         if self.store is not None:
             forming = [
                 wire.Bars.of(b.instrument, g, b.forming(i))
@@ -634,7 +655,7 @@ class Router(Service):
             send_frames(self.ticks_sock, [identity, *wire.frames("ack", ack)])
         for book in changed:
             book.changed = False
-        self._closed, self._ticks_out, self._replies = [], [], {}
+        self._closed, self._replies = [], {}
 
     def _publish_partials(self) -> None:
         now = time.monotonic()
@@ -701,8 +722,8 @@ class Router(Service):
             return
         envelope = parts[:-2]
         decoded = self.decode(parts[-2:])
-        if decoded is not None and isinstance(decoded[1], wire.Decided):
-            self._on_decided(parts[0], decoded[1])
+        if decoded is not None and isinstance(decoded[1], wire.Decided | wire.Quoted):
+            self._on_progress(parts[0], decoded[1])
             return
         error = self._history_error(decoded)
         if error:
@@ -717,13 +738,21 @@ class Router(Service):
         self.history_sock.send_multipart([*envelope, *wire.frames(topic, reply)])
         self.counters["history_requests"] += 1
 
-    def _on_decided(self, identity: bytes, message: wire.Decided) -> None:
-        if message.instrument not in self.books or message.granularity not in self.granularities:
-            what = f"{message.instrument[:40]!r} {message.granularity[:10]!r}"
-            self.reject("unexpected_message", f"Decided for {what}, a series the router lacks")
+    def _on_progress(self, identity: bytes, message: wire.Decided | wire.Quoted) -> None:
+        """A brain's word on its decisions answered, or the trader's on the quotes it took."""
+        quoted = isinstance(message, wire.Quoted)
+        if message.instrument not in self.books or not (
+            quoted or message.granularity in self.granularities
+        ):
+            what = f"{message.instrument[:40]!r}" + (
+                "" if quoted else f" {message.granularity[:10]!r}"
+            )
+            kind = type(message).__name__
+            self.reject("unexpected_message", f"{kind} for {what}, a series the router lacks")
             return
-        g, now = self.granularities.index(message.granularity), time.monotonic()
-        self.counters["decided_heard"] += 1
+        g = QUOTES if quoted else self.granularities.index(message.granularity)
+        now = time.monotonic()
+        self.counters["quoted_heard" if quoted else "decided_heard"] += 1
         known = self._followers.get(identity)
         if known is not None and (known.instrument, known.g, known.until_ns) == (
             message.instrument,

@@ -163,6 +163,19 @@ class Service:
         self._handlers[sock] = handler
         self._poller.register(sock, zmq.POLLIN)
 
+    def receive_waiting(self, sock: zmq.Socket) -> None:
+        """Hand the messages waiting on `sock` to its handler: a burst before polling again,
+        bounded so one socket cannot starve the others."""
+        handler = self._handlers[sock]
+        for _ in range(1000):
+            # ZMQ_EVENTS says whether a message waits: cheaper than the zmq.Again a last
+            # non-blocking recv would raise after every message.
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            self.counters["messages_in"] += 1
+            handler(parts)
+
     def reject(self, reason: str, detail: str = "") -> None:
         """Count a refused input by reason and log it (repeats throttled per reason)."""
         self.counters[f"rejected.{reason}"] += 1
@@ -294,17 +307,8 @@ class Service:
         try:
             while self._running:
                 for sock, _ in self._poller.poll(self.poll_ms):
-                    handler = self._handlers[sock]
-                    where = f"in {handler.__name__}"
-                    # Drain a burst before polling again; bounded so one socket cannot starve others.
-                    # ZMQ_EVENTS says whether another message waits: cheaper than the zmq.Again
-                    # a last non-blocking recv would raise after every message.
-                    for _ in range(1000):
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                        self.counters["messages_in"] += 1
-                        handler(parts)
-                        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                            break
+                    where = f"in {self._handlers[sock].__name__}"
+                    self.receive_waiting(sock)
                 where = "in idle"
                 self.idle()
                 if time.monotonic() >= self._next_heartbeat:

@@ -6,6 +6,7 @@ Sockets (one owner: the loop thread)::
                                 delimiter frame is kept and echoed)
                            out: [b"order_reply", OrderReply] or [b"reply", Reply]
     SUB    router_bars     in:  tick.<INSTRUMENT> Ticks, the quotes the paper broker fills at
+    DEALER router_history  out: [b"quoted", Quoted]  (a flat-out replay only; no answer)
     PUB    trader_events   out: fill.<brain> Fill, position.<INSTRUMENT> Position (on each fill
                                 and every second while held), order.<brain> OrderReply
 
@@ -18,6 +19,11 @@ the broker. A trader that cannot journal what happened (a fill) crashes, as ever
 on an error it cannot reason about (:mod:`osm.live.service`), and its restart recovers the same way.
 Commands: status, halt, resume, flatten, cancel, orders, fills, positions (see `_command`); their
 arguments are checked against the handlers' signatures and types.
+
+An order is judged with the quotes already come (they are taken first): the router publishes a
+bar's quotes before the bar. While a flat-out replay runs (a feed at speed 0), the trader tells
+the router how far it has taken each instrument's quotes (``wire.Quoted`` on its history socket,
+when that moves and every QUOTED_EVERY_S), and the replay waits for it as for its brains.
 
 A Target whose ``previous_id`` is not journaled is refused unjournaled (``out_of_order``): the
 decision before it was lost on the way (a trader that died holding it), and the brain sends from
@@ -65,10 +71,12 @@ from osm.core.instruments import INSTRUMENTS
 from osm.live.adapters import Book, brokers
 from osm.live.adapters.base import Ended
 from osm.live.journal import OPEN, Journal
+from osm.live.priority import REPLAYS
 from osm.live.risk import Refusal, Risk
 from osm.live.service import Service, now_ns, send_frames
 
 POSITIONS_EVERY_S = 1.0
+QUOTED_EVERY_S = 1.0  # within the router's pace timeout
 _INT64 = 2**63
 
 
@@ -111,6 +119,11 @@ class Trader(Service):
         self._quotes.setsockopt(zmq.SUBSCRIBE, b"tick.")
         self.on(self._requests, self._on_request)
         self.on(self._quotes, self._on_quotes)
+        # A flat-out replay waits for the trader's quotes as for its brains (wire.Quoted).
+        flat_out = any(f.speed == 0 and f.kind in REPLAYS for f in feeds)
+        self._router = self.bus.connect(zmq.DEALER, "router_history") if flat_out else None
+        self._quoted_ns: dict[str, int] = {}  # per instrument, the newest valid quote taken
+        self._told_quoted: dict[str, tuple[int, float]] = {}  # what the router last heard, when
         self._commands: dict[str, Callable[..., Any]] = {
             "status": self._status,
             "halt": self._halt,
@@ -128,6 +141,25 @@ class Trader(Service):
 
     def idle(self) -> None:
         self._drain()
+        for instrument in self._quoted_ns:
+            self._tell_quoted(instrument)
+
+    def _tell_quoted(self, instrument: str) -> None:
+        """Tell the router how far the quotes of `instrument` are taken, when that moves and
+        every QUOTED_EVERY_S (the router forgets a silent follower), if a flat-out replay runs."""
+        if self._router is None:
+            return
+        until_ns, now = self._quoted_ns[instrument], time.monotonic()
+        told_ns, told_at = self._told_quoted.get(instrument, (0, 0.0))
+        if until_ns == told_ns and now - told_at < QUOTED_EVERY_S:
+            return
+        message = wire.Quoted(instrument, until_ns)
+        try:  # a router away: said again later
+            send_frames(self._router, [b"quoted", *wire.frames("quoted", message)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["quoted_dropped"] += 1
+        self._told_quoted[instrument] = (until_ns, now)
+
         self._follow_broker()
         if time.monotonic() >= self._next_positions:
             self._next_positions = time.monotonic() + POSITIONS_EVERY_S
@@ -189,6 +221,9 @@ class Trader(Service):
             return
         _, message = decoded
         if isinstance(message, wire.Order | wire.Target):
+            # The quotes already come first: the router publishes a bar's quotes before the bar,
+            # so those its decision saw are (nearly always) here.
+            self.receive_waiting(self._quotes)
             self._reply(envelope, "order_reply", self._order(message))
             self._drain()  # after the reply: the requester need not wait for the fill's commit
         elif isinstance(message, wire.Command):
@@ -374,7 +409,11 @@ class Trader(Service):
             return
         valid = valid_quotes(ticks["bid"], ticks["ask"])
         if valid.any():
-            self._market_ns = max(self._market_ns, int(ticks["time"][valid].max()))
+            newest = int(ticks["time"][valid].max())
+            self._market_ns = max(self._market_ns, newest)
+            instrument = message.instrument
+            self._quoted_ns[instrument] = max(self._quoted_ns.get(instrument, 0), newest)
+            self._tell_quoted(instrument)
         refused = self.broker.on_quotes(message.instrument, ticks)
         if refused:
             self.counters["quotes_refused"] += refused

@@ -31,7 +31,7 @@ M1 = 60 * S
 T0 = 1_400_000_040 * S - (1_400_000_040 * S) % M1
 TIMEOUT = 30.0
 WINDOW = 20
-PARAMS = {"every": 3, "warmup": 5}
+PARAMS = {"every": 1, "warmup": 5}  # a new target each bar: every decision is sent
 
 
 def make_bars(n: int) -> np.ndarray:
@@ -51,10 +51,10 @@ def make_bars(n: int) -> np.ndarray:
 BARS = make_bars(60)
 
 
-def expected_units(merged: list[int]) -> int:
+def expected_units(merged: list[int], params: dict = PARAMS) -> int:
     """The target the brain must send after the bars with these indices, from its window."""
     window = BARS[merged[-WINDOW:]]
-    target = Alternate(**PARAMS).targets(window)[-1]
+    target = Alternate(**params).targets(window)[-1]
     return 0 if np.isnan(target) else round(target * 1000)
 
 
@@ -114,16 +114,26 @@ class Router:
         assert isinstance(request, wire.HistoryRequest)
         return envelope, request
 
+    def drain_decided(self) -> list[wire.Decided]:
+        """What the brain told of its progress since the last look (kept in `decided` too)."""
+        told = []
+        while self.history.poll(0):
+            told.append(wire.decode(self.history.recv_multipart()[-1]))
+        self.decided.extend(told)
+        return told
+
     def answer(self, envelope: list[bytes], indices: list[int]) -> None:
         message = wire.Bars.of("EUR_USD", "M1", BARS[indices])
         self.history.send_multipart([*envelope, *wire.frames("history", message)])
 
 
-def system_for(home: Path, monkeypatch) -> LiveSystem:
+def system_for(
+    home: Path, monkeypatch, params: dict = PARAMS, stop_loss: float | None = None
+) -> LiveSystem:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the brain imports tests.strategies_for_tests
     brain = BrainConfig(
-        name="b1", strategy="tests.strategies_for_tests:Alternate", params=PARAMS,
-        instrument="EUR_USD", granularity="M1", size=1000, window=WINDOW,
+        name="b1", strategy="tests.strategies_for_tests:Alternate", params=params,
+        instrument="EUR_USD", granularity="M1", size=1000, window=WINDOW, stop_loss=stop_loss,
     )  # fmt: skip
     return LiveSystem(home, SystemConfig(feeds=[], brains=[brain], trader=TraderConfig()))
 
@@ -186,19 +196,19 @@ def test_warm_up_merges_live_and_history_and_decides_once_per_bar(system):
         merged.append(i)
         expect(merged)
 
-    router.bar(50)  # a gap the router cannot fill (a weekend): taken as it is
+    router.bar(49)  # a gap the router cannot fill (a weekend): taken as it is
     identity, request = router.request("b1")
-    assert request.end_ns == int(BARS["time"][50])
+    assert request.end_ns == int(BARS["time"][49])
     router.answer(identity, [])
-    merged.append(50)
+    merged.append(49)
     expect(merged)
-    router.bar(51)
-    merged.append(51)
+    router.bar(50)
+    merged.append(50)
     expect(merged)  # and nothing else came in between
     router.bars(
-        52, 58, previous=51
+        51, 57, previous=50
     )  # six bars in one message (a replay's burst): one decision each
-    for i in range(52, 58):
+    for i in range(51, 57):
         merged.append(i)
         expect(merged)
     counters = system.wait_counter("b1", "targets", 14, TIMEOUT)
@@ -250,9 +260,63 @@ def test_targets_lost_with_the_trader_are_resent_in_bar_order_with_their_ids(sys
     assert counters["targets"] == 4 and counters["target_retries"] == 1
     assert counters["resent_in_order"] == 1 and counters["replies_late"] == 2
     # The router hears how far the trader has answered: up to the close of bar 22.
-    while router.history.poll(0):
-        router.decided.append(wire.decode(router.history.recv_multipart()[-1]))
+    router.drain_decided()
     assert router.decided[-1] == wire.Decided("EUR_USD", "M1", int(BARS["time"][22]) + M1)
+
+
+@pytest.mark.parametrize("stop_loss", [None, 0.002])
+def test_a_decision_that_repeats_the_last_target_is_sent_only_at_the_end_of_a_burst(
+    home, monkeypatch, stop_loss
+):
+    """Without stops the trader already holds or works a repeated target: it is not sent (in a
+    flat-out replay most decisions repeat the last), unless it is the last of the bars that came
+    together, and the router hears it decided all the same. With a stop-loss or take-profit the
+    position can leave the target between decisions: every decision is sent."""
+    params = {"every": 3, "warmup": 5}
+    system = system_for(home, monkeypatch, params, stop_loss)
+    try:
+        router = Router(system)
+        trader = system.bind(zmq.ROUTER, "trader_orders")
+
+        def answered() -> list[str]:
+            """The client ids of the targets received until none comes for 0.5 s, answered."""
+            ids = []
+            while trader.poll(500):
+                peer, _, payload = trader.recv_multipart()
+                target = wire.decode(payload)
+                ids.append(target.client_id)
+                reply = wire.OrderReply(target.client_id, True, units=target.units)
+                trader.send_multipart([peer, *wire.frames("order_reply", reply)])
+            return ids
+
+        def units(i: int) -> int:
+            return expected_units(list(range(i - WINDOW + 1, i + 1)), params)
+
+        system.start("brain", "b1")
+        router.wait_subscription("bar.EUR_USD.M1", "b1")
+        identity, _ = router.request("b1")
+        router.answer(identity, list(range(0, 20)))  # the warm-up decides bar 19: sent
+        router.bars(20, 29, previous=19)  # one burst
+        changed = [i for i in range(20, 29) if units(i) != units(i - 1)]
+        assert 2 <= len(changed) < 8 and 28 not in changed  # most repeat, the last too
+        sent = list(range(19, 29)) if stop_loss else [19, *changed, 28]
+        assert answered() == [f"b1-{BARS['time'][i]}" for i in sent]
+        wait_for(
+            lambda: any(
+                d.until_ns == int(BARS["time"][28]) + M1
+                for d in [*router.decided, *router.drain_decided()]
+            ),
+            TIMEOUT,
+            "the router told bar 28 is decided",
+        )
+        assert units(29) == units(28)
+        router.bar(29)  # a repeat, alone in its message: sent
+        assert answered() == [f"b1-{BARS['time'][29]}"]
+        counters = system.wait_counter("b1", "accepted", len(sent) + 1, TIMEOUT)
+        assert counters["decisions"] == 11 and counters["targets"] == len(sent) + 1
+        assert counters.get("targets_unchanged", 0) == 10 - len(sent)
+    finally:
+        system.close()
 
 
 def trader_journal(system: LiveSystem) -> tuple[list, list]:

@@ -628,6 +628,60 @@ def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(ho
         wait_for(lambda: applied() == sent, PACE_TIMEOUT_S + 20, "a silent brain forgotten")
 
 
+def test_a_flat_out_replay_waits_for_the_trader_to_take_its_quotes(home: Path) -> None:
+    """The trader says how far it took an instrument's quotes (wire.Quoted): once LEAD_TICKS
+    ticks came after that, a flat-out feed is held back, and goes on as the trader catches up,
+    or when it does not move for REMIND_S (it lost quotes, which the coming ones replace). Each
+    batch's ticks go out before the bars they close, so an order decided on a bar finds its
+    fill quote at the trader."""
+    with router_alone(home, FeedConfig(name="f", speed=0, batch=1000)) as (system, batches):
+        trader = system.socket(zmq.DEALER, "router_history")
+        sub = system.socket(zmq.SUB, "router_bars")
+        for topic in (b"bar.EUR_USD.M1", b"tick.EUR_USD"):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        dealer = system.socket(zmq.DEALER, "router_ticks")
+        t0 = pd.Timestamp("2024-01-08T10:00Z").value
+        sent = 0
+
+        def quoted(until_ns: int, heard: int) -> None:
+            trader.send_multipart(
+                [b"quoted", *wire.frames("quoted", wire.Quoted("EUR_USD", until_ns))]
+            )
+            system.wait_counter("router", "quoted_heard", heard, 30)
+
+        def send(n: int) -> None:  # a tick a second
+            nonlocal sent
+            for start in range(sent, sent + n, 1000):
+                times = t0 + np.arange(start, start + 1000) * NS
+                bid = np.full(1000, 1.1)
+                dealer.send_multipart(batches.next("EUR_USD", as_ticks(times, bid, bid + 1e-4)))
+            sent += n
+
+        def applied() -> int:
+            return system.counters("router").get("ticks_applied", 0)
+
+        wait_for(lambda: sub.poll(0) or (send(1000) or False) or sub.poll(200), 30, "a tick")
+        quoted(t0 + (sent - 1) * NS, 1)  # every quote taken so far
+        before = sent
+        send(3 * LEAD_TICKS)
+        held = system.wait_counter("router", "batches_paced", 1, 30)
+        assert LEAD_TICKS <= held["ticks_applied"] - before <= LEAD_TICKS + 2000
+        taken = held["ticks_applied"]
+        quoted(t0 + (taken - 1) * NS, 2)  # caught up: a lead more goes through, then held again
+        wait_for(lambda: applied() >= taken + LEAD_TICKS - 1000, 30, "a lead more applied")
+        assert applied() < sent
+        wait_for(lambda: applied() == sent, REMIND_S + 30, "a trader not moving let go")
+
+        seen_ns = -1  # the newest tick published so far
+        while sub.poll(1000):
+            topic, payload = sub.recv_multipart()
+            message = wire.decode(payload)
+            if topic == b"tick.EUR_USD":
+                seen_ns = max(seen_ns, int(message.array()["time"].max()))
+            else:  # its last bar closed at a tick published before it
+                assert seen_ns >= int(message.array()["time"][-1]) + 60 * NS
+
+
 def wait_for_quiet(value: Callable[[], int], seconds: float) -> int:
     """`value` after it stayed the same for `seconds`."""
     last, since = value(), time.monotonic()

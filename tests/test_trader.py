@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import sqlite3
 import time
 
@@ -16,7 +17,7 @@ import pytest
 import zmq
 
 from osm.core import wire
-from osm.core.config import RiskLimits, SystemConfig, TraderConfig
+from osm.core.config import FeedConfig, RiskLimits, SystemConfig, TraderConfig
 from osm.core.dtypes import as_ticks
 from osm.core.errors import OsmError
 from osm.live.client import Client
@@ -576,3 +577,45 @@ def test_paper_exits_survive_a_kill_9_and_fire_once_for_their_brain(trader):
         ("b1", "b", 2_000), ("b1/take_profit", "b", -2_000),
     ]  # fmt: skip
     assert trader.counters().get("fills_adopted") == 1  # b's exit, once, since the restart
+
+
+def test_quotes_come_before_an_order_are_taken_first_and_a_flat_out_replay_hears_how_far(home):
+    """The trader judges an order with the quotes already come (the router sends a bar's quotes
+    before the bar, so those its decision saw): a stopped trader that then finds two days of
+    quotes and an order waiting is not refused the order as from the future. With a flat-out
+    replay it tells the router how far it took each instrument's quotes (wire.Quoted), by which
+    the replay is paced."""
+    feeds = [FeedConfig(name="r", kind="synthetic", speed=0, instruments=["EUR_USD"])]
+    harness = TraderHarness(home, LIMITS, feeds=feeds)
+    router = harness.system.bind(zmq.ROUTER, "router_history")
+    try:
+        harness.start()
+        harness.tick(T0, 1.1000, 1.1002)
+
+        def quoted() -> list[int]:
+            told = []
+            while router.poll(100):
+                message = wire.decode(router.recv_multipart()[-1])
+                assert isinstance(message, wire.Quoted) and message.instrument == "EUR_USD"
+                told.append(message.until_ns)
+            return told
+
+        wait_for(lambda: T0 in quoted(), TIMEOUT, "the router told the quotes taken")
+        day = 86_400 * S
+        process = harness.system.processes["trader"]
+        process.send_signal(signal.SIGSTOP)
+        try:
+            for k in range(1, 201):  # two days of quotes, in 200 messages
+                harness.tick(T0 + k * day // 100, 1.1000, 1.1002)
+            harness.requests.send_multipart(
+                wire.frames("request", wire.Order("b1", "EUR_USD", 1000, "o1", T0 + 2 * day))
+            )
+            time.sleep(0.5)  # all of it queued at the trader
+        finally:
+            process.send_signal(signal.SIGCONT)
+        reply = harness.reply()
+        assert (reply.client_id, reply.accepted) == ("o1", True), reply.reason
+        assert harness.event("fill.b1").time_ns == T0 + 2 * day
+        wait_for(lambda: T0 + 2 * day in quoted(), TIMEOUT, "the router told the newest quote")
+    finally:
+        harness.close()
