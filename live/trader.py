@@ -141,6 +141,12 @@ class Trader(Service):
 
     def idle(self) -> None:
         self._drain()
+        self._follow_broker()
+        if time.monotonic() >= self._next_positions:
+            self._next_positions = time.monotonic() + POSITIONS_EVERY_S
+            for position in self.broker.positions():
+                if position.units:
+                    self._publish(f"position.{position.instrument}", position)
         for instrument in self._quoted_ns:
             self._tell_quoted(instrument)
 
@@ -159,13 +165,6 @@ class Trader(Service):
         except zmq.Again:
             self.counters["quoted_dropped"] += 1
         self._told_quoted[instrument] = (until_ns, now)
-
-        self._follow_broker()
-        if time.monotonic() >= self._next_positions:
-            self._next_positions = time.monotonic() + POSITIONS_EVERY_S
-            for position in self.broker.positions():
-                if position.units:
-                    self._publish(f"position.{position.instrument}", position)
 
     def _deadline(self, order: wire.Order) -> int | None:
         """The last market instant `order` may fill at; None: whenever (an order for now)."""
