@@ -585,6 +585,28 @@ def test_closed_bars_name_the_bar_before_them_over_minutes_without_ticks(home: P
         ]
 
 
+class TickASecond:
+    """A feed's ticks, one a second from `t0`, sent in batches of 1000; the router's count of
+    those it applied."""
+
+    def __init__(self, system: LiveSystem, batches: Batches) -> None:
+        self.system, self.batches = system, batches
+        self.dealer = system.socket(zmq.DEALER, "router_ticks")
+        self.t0 = pd.Timestamp("2024-01-08T10:00Z").value
+        self.sent = 0
+
+    def send(self, n: int) -> None:
+        for start in range(self.sent, self.sent + n, 1000):
+            times = self.t0 + np.arange(start, start + 1000) * NS
+            bid = np.full(1000, 1.1)
+            ticks = as_ticks(times, bid, bid + 1e-4)
+            self.dealer.send_multipart(self.batches.next("EUR_USD", ticks))
+        self.sent += n
+
+    def applied(self) -> int:
+        return self.system.counters("router").get("ticks_applied", 0)
+
+
 def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(home: Path) -> None:
     """Once LEAD_TICKS ticks came after the last bar a brain had answered, a flat-out feed's
     batches are held back (neither applied nor acknowledged), and a brain that does not move is
@@ -592,40 +614,29 @@ def test_a_flat_out_replay_waits_for_a_brain_whose_decisions_are_not_answered(ho
     silent (gone) for PACE_TIMEOUT_S."""
     with router_alone(home, FeedConfig(name="f", speed=0, batch=1000)) as (system, batches):
         brain = system.socket(zmq.DEALER, "router_history")
-        dealer = system.socket(zmq.DEALER, "router_ticks")
-        t0 = pd.Timestamp("2024-01-08T10:00Z").value
-        sent = 0
+        feed = TickASecond(system, batches)
 
         def decided(until_ns: int, heard: int) -> None:
             message = wire.Decided("EUR_USD", "M1", until_ns)
             brain.send_multipart([b"decided", *wire.frames("decided", message)])
             system.wait_counter("router", "decided_heard", heard, 30)
 
-        def send(n: int) -> None:  # a tick a second
-            nonlocal sent
-            for start in range(sent, sent + n, 1000):
-                times = t0 + np.arange(start, start + 1000) * NS
-                bid = np.full(1000, 1.1)
-                dealer.send_multipart(batches.next("EUR_USD", as_ticks(times, bid, bid + 1e-4)))
-            sent += n
-
-        def applied() -> int:
-            return system.counters("router").get("ticks_applied", 0)
-
         decided(0, 1)  # nothing answered yet
-        send(LEAD_TICKS + 10_000)
+        feed.send(LEAD_TICKS + 10_000)
         held = system.wait_counter("router", "batches_paced", 1, 30)
         assert LEAD_TICKS <= held["ticks_applied"] <= LEAD_TICKS + 2000
-        assert not wait_for_quiet(applied, 1.0) < LEAD_TICKS  # it stays held back
+        assert not wait_for_quiet(feed.applied, 1.0) < LEAD_TICKS  # it stays held back
         # A brain that does not move may have lost a bar: the last closed one is sent again.
         system.wait_counter("router", "bars_reminded", 1, REMIND_S + 2)
-        decided(t0 + sent * NS + 3600 * NS, 2)  # caught up with every bar
-        wait_for(lambda: applied() == sent, 30, "the held batches applied")
+        decided(feed.t0 + feed.sent * NS + 3600 * NS, 2)  # caught up with every bar
+        wait_for(lambda: feed.applied() == feed.sent, 30, "the held batches applied")
         decided(0, 3)  # far behind again, then silent
-        send(5000)
+        feed.send(5000)
         system.wait_counter("router", "batches_paced", held["batches_paced"] + 5, 30)
-        assert applied() < sent
-        wait_for(lambda: applied() == sent, PACE_TIMEOUT_S + 20, "a silent brain forgotten")
+        assert feed.applied() < feed.sent
+        wait_for(
+            lambda: feed.applied() == feed.sent, PACE_TIMEOUT_S + 20, "a silent brain forgotten"
+        )
 
 
 def test_a_flat_out_replay_waits_for_the_trader_to_take_its_quotes(home: Path) -> None:
@@ -639,9 +650,7 @@ def test_a_flat_out_replay_waits_for_the_trader_to_take_its_quotes(home: Path) -
         sub = system.socket(zmq.SUB, "router_bars")
         for topic in (b"bar.EUR_USD.M1", b"tick.EUR_USD"):
             sub.setsockopt(zmq.SUBSCRIBE, topic)
-        dealer = system.socket(zmq.DEALER, "router_ticks")
-        t0 = pd.Timestamp("2024-01-08T10:00Z").value
-        sent = 0
+        feed = TickASecond(system, batches)
 
         def quoted(until_ns: int, heard: int) -> None:
             trader.send_multipart(
@@ -649,28 +658,19 @@ def test_a_flat_out_replay_waits_for_the_trader_to_take_its_quotes(home: Path) -
             )
             system.wait_counter("router", "quoted_heard", heard, 30)
 
-        def send(n: int) -> None:  # a tick a second
-            nonlocal sent
-            for start in range(sent, sent + n, 1000):
-                times = t0 + np.arange(start, start + 1000) * NS
-                bid = np.full(1000, 1.1)
-                dealer.send_multipart(batches.next("EUR_USD", as_ticks(times, bid, bid + 1e-4)))
-            sent += n
-
-        def applied() -> int:
-            return system.counters("router").get("ticks_applied", 0)
-
-        wait_for(lambda: sub.poll(0) or (send(1000) or False) or sub.poll(200), 30, "a tick")
-        quoted(t0 + (sent - 1) * NS, 1)  # every quote taken so far
-        before = sent
-        send(3 * LEAD_TICKS)
+        wait_for(lambda: sub.poll(0) or (feed.send(1000) or False) or sub.poll(200), 30, "a tick")
+        quoted(feed.t0 + (feed.sent - 1) * NS, 1)  # every quote taken so far
+        before = feed.sent
+        feed.send(3 * LEAD_TICKS)
         held = system.wait_counter("router", "batches_paced", 1, 30)
         assert LEAD_TICKS <= held["ticks_applied"] - before <= LEAD_TICKS + 2000
         taken = held["ticks_applied"]
-        quoted(t0 + (taken - 1) * NS, 2)  # caught up: a lead more goes through, then held again
-        wait_for(lambda: applied() >= taken + LEAD_TICKS - 1000, 30, "a lead more applied")
-        assert applied() < sent
-        wait_for(lambda: applied() == sent, REMIND_S + 30, "a trader not moving let go")
+        quoted(
+            feed.t0 + (taken - 1) * NS, 2
+        )  # caught up: a lead more goes through, then held again
+        wait_for(lambda: feed.applied() >= taken + LEAD_TICKS - 1000, 30, "a lead more applied")
+        assert feed.applied() < feed.sent
+        wait_for(lambda: feed.applied() == feed.sent, REMIND_S + 30, "a trader not moving let go")
 
         seen_ns = -1  # the newest tick published so far
         while sub.poll(1000):
